@@ -1,0 +1,306 @@
+"""Tensor kernels of CABS and its baselines: pure torch, no MergeKit.
+
+Notation. ``tau_i = theta_i - theta_base`` is the task vector of fine-tuned model ``i``
+(``i = 1..k`` in the order the models are listed). A *mask* ``M_i`` is a bool tensor of the
+shape of ``tau_i``. The merge is
+
+    theta = theta_base + lambda * combine_i( s_i * w_i * M_i * tau_i )
+
+with ``w_i`` the model's weight and ``s_i = 1 / density_i`` for DARE (else 1).
+
+Selection rule shared by every sparsifier. Each position gets a *score* (``|tau|`` for the
+magnitude and n:m sparsifiers, a seeded uniform draw for DARE). Scores are compared as the
+integer bit pattern of their non-negative float32 value, which orders them exactly like the
+floats. A block keeps its ``n`` largest scores; among equal scores the lowest index wins.
+Positions where ``tau == 0`` are never kept: they carry nothing and so claim nothing.
+
+Every function creates new tensors on its input's device and works on CPU and CUDA alike.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional, Sequence
+
+import torch
+
+# Claimed positions are shifted below every free one; int32 score bits of a non-negative
+# float are in [0, 0x7F800000], so subtracting this keeps both ranges in int32 and ordered.
+_CLAIMED_OFFSET = 0x7F800001
+
+
+class Sparsifier(str, Enum):
+    """Which positions of a task vector survive."""
+
+    NM = "n:m"  # top n of |tau| in every block of m contiguous elements
+    MAGNITUDE = "magnitude"  # top round(density * numel) of |tau| in the whole tensor
+    RANDOM = "random"  # uniformly random round(density * numel) positions (DARE)
+
+
+class Combine(str, Enum):
+    """How the masked, weighted task vectors are added up."""
+
+    SUM = "sum"
+    TIES = "ties"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One point of sparsifier x conflict-aware x combine."""
+
+    sparsifier: Sparsifier
+    conflict_aware: bool
+    combine: Combine
+
+    @property
+    def rescales(self) -> bool:
+        """DARE rescales kept entries by 1 / density; nothing else rescales."""
+        return self.sparsifier is Sparsifier.RANDOM
+
+
+def round_half_up(x: float) -> int:
+    """``floor(x + 1/2)``: the rounding used for every kept count (0.5 -> 1, 2.5 -> 3)."""
+    return math.floor(x + 0.5)
+
+
+def keep_count(density: float, block_size: int) -> int:
+    """``n = round(density * m)``: entries kept in a full block of ``m``."""
+    return round_half_up(density * block_size)
+
+
+def tail_keep_count(n: int, tail: int, block_size: int) -> int:
+    """``round(n * r / m)``: entries kept in the short last block of ``r`` elements."""
+    return round_half_up(n * tail / block_size)
+
+
+def score_bits(score: torch.Tensor) -> torch.Tensor:
+    """Order-preserving int32 key of a non-negative float32 score (``|tau|`` or a draw)."""
+    return score.to(torch.float32).abs().view(torch.int32)
+
+
+def top_k_rows(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` largest ``keys`` in every row of a 2-D tensor.
+
+    Ties at the threshold are broken towards the lowest column index, so the mask is a
+    pure function of ``keys`` (``torch.topk`` alone leaves ties unspecified):
+    ``keep = key > t  or  (key == t  and  #{j' <= j : key_j' == t} <= k - #{key > t})``
+    with ``t`` the k-th largest key of the row.
+    """
+    rows, width = keys.shape
+    if k <= 0 or width == 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    if k >= width:
+        return torch.ones_like(keys, dtype=torch.bool)
+    threshold = keys.topk(k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+    above = keys > threshold
+    at = keys == threshold
+    room = k - above.sum(dim=1, keepdim=True)
+    return above | (at & (at.cumsum(dim=1) <= room))
+
+
+def block_top_mask(keys: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    """n:m selection over the row-major flattening of ``keys``.
+
+    Full blocks (rows of ``view(-1, m)``) keep ``n`` each; a tail of ``r = numel % m``
+    elements is a short block keeping ``round(n * r / m)``. Returns a bool mask of
+    ``keys.shape``.
+    """
+    flat = keys.reshape(-1)
+    full = (flat.numel() // block_size) * block_size
+    mask = torch.empty_like(flat, dtype=torch.bool)
+    if full:
+        mask[:full] = top_k_rows(flat[:full].view(-1, block_size), n).view(-1)
+    if full < flat.numel():
+        tail = flat[full:]
+        k = tail_keep_count(n, tail.numel(), block_size)
+        mask[full:] = top_k_rows(tail.view(1, -1), k).view(-1)
+    return mask.view(keys.shape)
+
+
+def nm_mask(tau: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    """Balanced n:m magnitude mask: per block of ``m`` the ``n`` largest ``|tau|``, zeros never kept."""
+    return block_top_mask(score_bits(tau), n, block_size) & (tau != 0)
+
+
+def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """Per-tensor magnitude mask: the ``round(density * numel)`` largest ``|tau|``, zeros never kept."""
+    numel = max(tau.numel(), 1)
+    return nm_mask(tau, keep_count(density, numel), numel)
+
+
+def random_scores(shape: torch.Size, seed: int, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) draws from a generator seeded by ``seed`` alone.
+
+    Drawn on the CPU so that a seed gives the same scores on every device and thread count.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.rand(shape, generator=generator, dtype=torch.float32).to(device)
+
+
+def random_mask(tau: torch.Tensor, density: float, seed: int) -> torch.Tensor:
+    """DARE mask: ``round(density * numel)`` uniformly random positions, zeros never kept.
+
+    Fixing the count (sampling without replacement) rather than drawing independent
+    Bernoulli(density) keeps the density exact; the expectation is DARE's.
+    """
+    numel = max(tau.numel(), 1)
+    keys = score_bits(random_scores(tau.shape, seed, tau.device))
+    return block_top_mask(keys, keep_count(density, numel), numel) & (tau != 0)
+
+
+def tensor_seed(seed: int, tensor_name: str, task_index: int) -> int:
+    """A per-(tensor, task) seed that does not depend on execution order or threads."""
+    return zlib.crc32(f"{seed}:{tensor_name}:{task_index}".encode())
+
+
+def conflict_aware_masks(
+    taus: Sequence[torch.Tensor],
+    ns: Sequence[int],
+    block_size: int,
+    scores: Optional[Sequence[torch.Tensor]] = None,
+) -> list[torch.Tensor]:
+    """Sequential conflict-aware n:m masks (CABS's CA).
+
+    Task ``i`` (in order) keeps ``n_i`` positions per block: first its best *free* positions
+    (not kept by any task ``j < i``), and only when ``n_i`` exceeds the free count, the rest
+    from claimed positions, best first. Its kept nonzero positions become claimed. With
+    ``sum_i n_i <= m`` the masks are disjoint, hence ``<M_i tau_i, M_j tau_j> = 0``.
+    ``scores`` defaults to ``|tau_i|``; pass random draws for the DARE variant.
+    """
+    claimed = torch.zeros_like(taus[0], dtype=torch.bool)
+    masks = []
+    for index, (tau, n) in enumerate(zip(taus, ns)):
+        keys = score_bits(tau if scores is None else scores[index])
+        keys = torch.where(claimed, keys - _CLAIMED_OFFSET, keys)
+        mask = block_top_mask(keys, n, block_size) & (tau != 0)
+        claimed |= mask
+        masks.append(mask)
+    return masks
+
+
+def ties_combine(
+    deltas: torch.Tensor, weights: torch.Tensor, normalize: bool
+) -> torch.Tensor:
+    """TIES sign election and disjoint merge of weighted, pruned task vectors.
+
+    ``deltas[i] = w_i * s_i * M_i * tau_i`` (stacked on dim 0), ``weights[i] = w_i``.
+    ``gamma = sign(sum_i deltas[i])`` with ``gamma = +1`` where the sum is 0;
+    ``agree_i = (sign(deltas[i]) == gamma)`` (a zero entry never agrees);
+    result ``= sum_i agree_i * deltas[i]``, divided by ``sum_i agree_i * w_i`` when
+    ``normalize`` (a divisor of 0 becomes 1).
+    """
+    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
+    agree = (deltas.sign() == elected).to(deltas.dtype)
+    merged = (deltas * agree).sum(dim=0)
+    if normalize:
+        shape = (-1,) + (1,) * (deltas.dim() - 1)
+        divisor = (agree * weights.view(shape)).sum(dim=0)
+        merged = merged / torch.where(divisor == 0, 1.0, divisor)
+    return merged
+
+
+def linear_combine(
+    deltas: torch.Tensor, weights: torch.Tensor, normalize: bool
+) -> torch.Tensor:
+    """``sum_i deltas[i]``, divided by ``sum_i w_i`` when ``normalize`` (|sum| < 1e-8 -> 1)."""
+    merged = deltas.sum(dim=0)
+    if normalize:
+        total = float(weights.sum())
+        merged = merged / (1.0 if abs(total) < 1e-8 else total)
+    return merged
+
+
+def task_masks(
+    recipe: Recipe,
+    taus: Sequence[torch.Tensor],
+    densities: Sequence[float],
+    block_size: int,
+    seeds: Sequence[int] = (),
+) -> list[torch.Tensor]:
+    """Masks of ``taus`` (each one tensor, or one chunk of whole n:m blocks) for ``recipe``."""
+    if recipe.sparsifier is Sparsifier.NM:
+        m = block_size
+    else:
+        m = max(taus[0].numel(), 1)
+    ns = [keep_count(d, m) for d in densities]
+    if recipe.conflict_aware:
+        scores = None
+        if recipe.sparsifier is Sparsifier.RANDOM:
+            scores = [random_scores(t.shape, s, t.device) for t, s in zip(taus, seeds)]
+        return conflict_aware_masks(taus, ns, m, scores)
+    if recipe.sparsifier is Sparsifier.RANDOM:
+        return [random_mask(t, d, s) for t, d, s in zip(taus, densities, seeds)]
+    return [nm_mask(t, n, m) for t, n in zip(taus, ns)]
+
+
+def merge_chunk(
+    recipe: Recipe,
+    base: torch.Tensor,
+    tuned: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    block_size: int,
+    lam: float,
+    normalize: bool,
+    seeds: Sequence[int] = (),
+) -> torch.Tensor:
+    """``base + lambda * combine(w_i * s_i * M_i * tau_i)`` in float32, for one chunk."""
+    base32 = base.to(torch.float32)
+    taus = [t.to(torch.float32) - base32 for t in tuned]
+    masks = task_masks(recipe, taus, densities, block_size, seeds)
+    scale = [
+        w / d if recipe.rescales and d > 0 else w for w, d in zip(weights, densities)
+    ]
+    deltas = torch.stack([tau * mask * s for tau, mask, s in zip(taus, masks, scale)])
+    weight_t = torch.tensor(weights, dtype=torch.float32, device=base.device)
+    if recipe.combine is Combine.TIES:
+        merged = ties_combine(deltas, weight_t, normalize)
+    else:
+        merged = linear_combine(deltas, weight_t, normalize)
+    return base32 + lam * merged
+
+
+def merge_tensor(
+    recipe: Recipe,
+    base: torch.Tensor,
+    tuned: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    block_size: int = 1,
+    lam: float = 1.0,
+    normalize: bool = False,
+    seeds: Sequence[int] = (),
+    chunk_blocks: Optional[int] = None,
+) -> torch.Tensor:
+    """Merge one tensor; the result has ``base``'s dtype, device and shape.
+
+    n:m blocks are independent, so the flattened tensor is processed ``chunk_blocks``
+    full blocks at a time (then the tail) with a result identical to one pass; the
+    magnitude and random sparsifiers rank the whole tensor and take one pass.
+    """
+    flat_base = base.reshape(-1)
+    flat_tuned = [t.reshape(-1) for t in tuned]
+    out = torch.empty_like(flat_base)
+    spans = [(0, flat_base.numel())]
+    if recipe.sparsifier is Sparsifier.NM and chunk_blocks:
+        full = (flat_base.numel() // block_size) * block_size
+        step = chunk_blocks * block_size
+        spans = [(lo, min(lo + step, full)) for lo in range(0, full, step)]
+        if full < flat_base.numel():
+            spans.append((full, flat_base.numel()))
+    for lo, hi in spans:
+        out[lo:hi] = merge_chunk(
+            recipe,
+            flat_base[lo:hi],
+            [t[lo:hi] for t in flat_tuned],
+            weights,
+            densities,
+            block_size,
+            lam,
+            normalize,
+            seeds,
+        )
+    return out.view(base.shape)

@@ -1,0 +1,146 @@
+"""The registered merge methods: one MergeKit method class and the table of its names.
+
+``METHOD_TABLE`` is the single source of truth: registration, the README table, the model
+card and the validation messages all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable, Optional, Sequence
+
+import torch
+from pydantic import AfterValidator
+from typing_extensions import Annotated
+
+from mergekit.merge_methods.base import (
+    BasePolicy,
+    GroupMergeMethod,
+    InputContract,
+    MergeMethodSpec,
+    ParameterScope,
+    ParameterSpec,
+    TensorGroup,
+)
+
+from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor, tensor_seed
+from mergekit_cabs.validation import (
+    check_block_size,
+    check_density,
+    check_finite,
+    check_group_inputs,
+    check_keep_counts,
+    check_tensors_finite,
+)
+
+CABS_URL = "https://arxiv.org/abs/2503.01874"
+
+# Elements per chunk of the n:m merge: blocks are independent, so peak memory is bounded
+# by this, not by the tensor, at no cost to the result.
+CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One registered name: its recipe and how the paper and the card call it."""
+
+    name: str
+    recipe: Recipe
+    pretty_name: str
+    paper_row: str
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in parameter_specs(self.recipe))
+
+
+_NM, _MAG, _RND = Sparsifier.NM, Sparsifier.MAGNITUDE, Sparsifier.RANDOM
+_SUM, _TIES = Combine.SUM, Combine.TIES
+
+METHOD_TABLE: tuple[MethodInfo, ...] = (
+    MethodInfo("cabs", Recipe(_NM, True, _SUM), "CABS", "CABS"),
+    MethodInfo("cabs_ties", Recipe(_NM, True, _TIES), "CABS with TIES", "TIES + CABS"),
+    MethodInfo("nm_linear", Recipe(_NM, False, _SUM), "n:m Task Arithmetic", "BS only (TA + BS)"),
+    MethodInfo("nm_ties", Recipe(_NM, False, _TIES), "n:m TIES", "TIES + BS"),
+    MethodInfo("magnitude_linear", Recipe(_MAG, False, _SUM), "Magnitude Task Arithmetic", "TA + magnitude"),
+    MethodInfo("ca_magnitude_linear", Recipe(_MAG, True, _SUM), "Conflict-Aware Magnitude Task Arithmetic", "CA only"),
+    MethodInfo("ca_ties", Recipe(_MAG, True, _TIES), "Conflict-Aware TIES", "TIES + CA"),
+    MethodInfo("ca_dare_linear", Recipe(_RND, True, _SUM), "Conflict-Aware Linear DARE", "DARE + CA"),
+    MethodInfo("ca_dare_ties", Recipe(_RND, True, _TIES), "Conflict-Aware DARE TIES", "TIES + DARE + CA"),
+)
+
+METHODS_BY_NAME = {info.name: info for info in METHOD_TABLE}
+
+Density = Annotated[float, AfterValidator(check_density)]
+BlockSize = Annotated[int, AfterValidator(check_block_size)]
+Finite = Annotated[float, AfterValidator(check_finite)]
+
+
+def parameter_specs(recipe: Recipe) -> tuple[ParameterSpec, ...]:
+    """Parameters of a recipe; ``block_size`` exists only where blocks do (n:m)."""
+    specs = [
+        ParameterSpec("weight", Finite, ParameterScope.NON_BASE, default=1.0,
+                      description="scale of the model's pruned task vector"),
+        ParameterSpec("density", Density, ParameterScope.NON_BASE,
+                      description="kept fraction of the task vector, in [0, 1]"),
+        ParameterSpec("lambda", Finite, ParameterScope.SHARED, default=1.0,
+                      description="scale of the combined task vector"),
+        ParameterSpec("normalize", bool, ParameterScope.SHARED, default=False,
+                      description="divide by the sum of the (agreeing, for TIES) weights"),
+    ]
+    if recipe.sparsifier is Sparsifier.NM:
+        specs.append(ParameterSpec("block_size", BlockSize, ParameterScope.SHARED, default=32,
+                                   description="m of n:m; n = round(density * m)"))
+    return tuple(specs)
+
+
+class SparseTaskArithmeticMerge(GroupMergeMethod):
+    """Task arithmetic over sparsified task vectors, configured by a ``Recipe``."""
+
+    def __init__(self, info: MethodInfo):
+        self.info = info
+        self.spec = MergeMethodSpec(
+            name=info.name,
+            pretty_name=info.pretty_name,
+            reference_url=CABS_URL,
+            parameters=parameter_specs(info.recipe),
+            contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
+        )
+
+    def validate_inputs(
+        self,
+        input_ids: Sequence[Hashable],
+        base_id: Optional[Hashable] = None,
+        *,
+        group_name: Optional[str] = None,
+    ) -> None:
+        check_group_inputs(self.info.name, input_ids, base_id, group_name)
+        super().validate_inputs(input_ids, base_id, group_name=group_name)
+
+    def merge_group(self, group: TensorGroup, /, **params: Any) -> torch.Tensor:
+        name = group.metadata.name or "<unnamed tensor>"
+        entries = group.non_base
+        densities = [params["density"][e.id] for e in entries]
+        block_size = params.get("block_size", 1)
+        if self.info.recipe.sparsifier is Sparsifier.NM:
+            check_keep_counts(self.info.name, name, [e.id for e in entries], densities, block_size)
+        check_tensors_finite(name, [(e.id, e.tensor) for e in group.entries])
+        seed = torch.initial_seed()
+        return merge_tensor(
+            self.info.recipe,
+            group.base.tensor,
+            [e.tensor for e in entries],
+            weights=[params["weight"][e.id] for e in entries],
+            densities=densities,
+            block_size=block_size,
+            lam=params["lambda"],
+            normalize=params["normalize"],
+            seeds=[tensor_seed(seed, name, i) for i in range(len(entries))],
+            chunk_blocks=max(1, CHUNK_ELEMENTS // block_size),
+        )
+
+
+def build_methods() -> tuple[SparseTaskArithmeticMerge, ...]:
+    return tuple(SparseTaskArithmeticMerge(info) for info in METHOD_TABLE)
+
+

@@ -1,0 +1,44 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mergekit_cabs.tiny_models import build_tiny_family
+
+MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """(base, [fine-tune paths]) of tiny float32 Llama models, absolute paths."""
+    return build_tiny_family(tmp_path_factory.mktemp("tiny"), n_finetuned=3, seed=0)
+
+
+def write_config(path, method, base, models, model_params, shared=None, dtype="float32"):
+    config = {
+        "merge_method": method,
+        "base_model": base,
+        "models": [
+            {"model": m, "parameters": p} if p is not None else {"model": m}
+            for m, p in zip(models, model_params)
+        ],
+        "dtype": dtype,
+    }
+    if shared:
+        config["parameters"] = shared
+    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
+
+
+def run_mergekit_yaml(config_path, out_path, *flags, env=None):
+    """Plain `mergekit-yaml` in a subprocess: no import of ours, the hook must register."""
+    return subprocess.run(
+        [MERGEKIT_YAML, str(config_path), str(out_path), "--no-copy-tokenizer", *flags],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=300,
+    )

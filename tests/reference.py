@@ -1,0 +1,86 @@
+"""Slow, obviously-right reference of the merge: Python loops over blocks, sorted() ranking.
+
+Ranking: larger score first, then lower index. Zeros of tau are never kept. Rounding of
+kept counts: floor(x + 0.5).
+"""
+
+import math
+
+import torch
+
+
+def rounded(x):
+    return math.floor(x + 0.5)
+
+
+def blocks(numel, m):
+    """(start, stop, keep_share_numerator) of each block: full blocks then the tail."""
+    spans = [(s, s + m) for s in range(0, numel - numel % m, m)]
+    if numel % m:
+        spans.append((numel - numel % m, numel))
+    return spans
+
+
+def block_quota(n, length, m):
+    return n if length == m else rounded(n * length / m)
+
+
+def ranked(indices, score):
+    return sorted(indices, key=lambda j: (-score[j], j))
+
+
+def masks(taus, densities, m, scores=None, conflict_aware=True):
+    """Reference masks (lists of bools) for flattened float taus."""
+    numel = len(taus[0])
+    claimed = [False] * numel
+    out = []
+    for i, tau in enumerate(taus):
+        score = [abs(v) for v in tau] if scores is None else scores[i]
+        n = rounded(densities[i] * m)
+        mask = [False] * numel
+        for start, stop in blocks(numel, m):
+            quota = block_quota(n, stop - start, m)
+            idx = range(start, stop)
+            free = [j for j in idx if not (conflict_aware and claimed[j])]
+            taken = [j for j in idx if conflict_aware and claimed[j]]
+            chosen = ranked(free, score)[:quota]
+            chosen += ranked(taken, score)[: quota - len(chosen)]
+            for j in chosen:
+                if tau[j] != 0:
+                    mask[j] = True
+        for j in range(numel):
+            claimed[j] = claimed[j] or mask[j]
+        out.append(mask)
+    return out
+
+
+def merge(base, tuned, weights, densities, *, sparsifier, conflict_aware, combine,
+          block_size=None, lam=1.0, normalize=False, scores=None):
+    """Reference merged tensor (float32) for one tensor."""
+    shape = base.shape
+    b = base.float().reshape(-1).tolist()
+    taus = [[x - y for x, y in zip(t.float().reshape(-1).tolist(), b)] for t in tuned]
+    taus = [[float(torch.tensor(v, dtype=torch.float32)) for v in tau] for tau in taus]
+    numel = len(b)
+    m = block_size if sparsifier == "n:m" else numel
+    ms = masks(taus, densities, m, scores, conflict_aware)
+    scale = [w / d if sparsifier == "random" and d > 0 else w for w, d in zip(weights, densities)]
+    d = [[tau[j] * s if ms[i][j] else 0.0 for j in range(numel)]
+         for i, (tau, s) in enumerate(zip(taus, scale))]
+    merged = []
+    for j in range(numel):
+        col = [d[i][j] for i in range(len(d))]
+        if combine == "ties":
+            sign = 1.0 if sum(col) >= 0 else -1.0
+            agree = [i for i, v in enumerate(col) if v != 0 and math.copysign(1, v) == sign]
+            total = sum(col[i] for i in agree)
+            if normalize:
+                div = sum(weights[i] for i in agree)
+                total = total / (div if div != 0 else 1.0)
+        else:
+            total = sum(col)
+            if normalize:
+                div = sum(weights)
+                total = total / (div if abs(div) >= 1e-8 else 1.0)
+        merged.append(b[j] + lam * total)
+    return torch.tensor(merged, dtype=torch.float32).reshape(shape)

@@ -1,0 +1,231 @@
+"""Kernel properties, each checked against the slow reference in tests/reference.py."""
+
+import pytest
+import torch
+
+import reference
+from mergekit_cabs.kernels import (
+    Combine,
+    Recipe,
+    Sparsifier,
+    block_top_mask,
+    conflict_aware_masks,
+    keep_count,
+    magnitude_mask,
+    merge_tensor,
+    nm_mask,
+    random_mask,
+    random_scores,
+    score_bits,
+    tail_keep_count,
+    ties_combine,
+    top_k_rows,
+)
+
+ALL_RECIPES = [
+    Recipe(s, ca, c)
+    for s in Sparsifier
+    for ca in (False, True)
+    for c in Combine
+]
+
+
+def task_vectors(k, shape, seed=0, zero_share=0.2, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        tau = torch.randn(shape, generator=g)
+        tau = tau * (torch.rand(shape, generator=g) >= zero_share)
+        out.append(tau.to(dtype).float())
+    return out
+
+
+def tie_heavy(k, shape, seed=0):
+    """Few distinct magnitudes and many exact zeros, like bf16 deltas."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randint(-3, 4, shape, generator=g).float() * 0.125) for _ in range(k)
+    ]
+
+
+def as_lists(masks):
+    return [m.reshape(-1).tolist() for m in masks]
+
+
+def test_top_k_rows_keeps_k_largest_with_lowest_index_on_ties():
+    keys = torch.tensor([[5, 1, 5, 5, 0], [2, 2, 2, 2, 2]], dtype=torch.int32)
+    assert top_k_rows(keys, 2).tolist() == [
+        [True, False, True, False, False],
+        [True, True, False, False, False],
+    ]
+
+
+def test_score_bits_orders_like_float_magnitudes():
+    values = torch.tensor([0.0, 1e-30, 0.5, 0.5000001, 3.0, 1e30])
+    bits = score_bits(values)
+    assert torch.equal(torch.argsort(bits, stable=True), torch.argsort(values, stable=True))
+
+
+def test_nm_mask_keeps_exactly_n_per_full_block_of_nonzeros():
+    tau = torch.randn(64, 48) + 10.0  # no zeros
+    mask = nm_mask(tau, n=5, block_size=16)
+    assert (mask.view(-1, 16).sum(dim=1) == 5).all()
+
+
+def test_nm_mask_tail_block_keeps_rounded_share():
+    tau = torch.randn(100) + 10.0
+    mask = nm_mask(tau, n=3, block_size=16)  # 6 full blocks, tail of 4
+    assert mask[:96].view(-1, 16).sum(dim=1).tolist() == [3] * 6
+    assert int(mask[96:].sum()) == tail_keep_count(3, 4, 16) == 1
+
+
+def test_nm_mask_block_larger_than_tensor_is_all_tail():
+    tau = torch.randn(10) + 10.0
+    assert int(nm_mask(tau, n=64, block_size=256).sum()) == tail_keep_count(64, 10, 256) == 3
+
+
+def test_nm_mask_kept_magnitudes_dominate_dropped_ones_in_each_block():
+    (tau,) = task_vectors(1, (32, 40), seed=3)
+    mask = nm_mask(tau, n=7, block_size=20)
+    a, keep = tau.abs().view(-1, 20), mask.view(-1, 20)
+    kept_min = torch.where(keep, a, torch.inf).amin(dim=1)
+    dropped_max = torch.where(keep | (a == 0), -torch.inf, a).amax(dim=1)
+    assert (kept_min >= dropped_max).all()
+
+
+@pytest.mark.parametrize("shape,m,n", [((13, 11), 8, 3), ((257,), 32, 3), ((6, 40), 256, 64)])
+def test_nm_mask_equals_reference(shape, m, n):
+    for taus in (task_vectors(1, shape, seed=1), tie_heavy(1, shape, seed=2)):
+        got = nm_mask(taus[0], n, m)
+        want = reference.masks([taus[0].reshape(-1).tolist()], [n / m], m, conflict_aware=False)
+        assert as_lists([got]) == want
+
+
+def test_exact_zeros_are_never_kept_or_claimed():
+    tau = torch.zeros(4, 16)
+    tau[:, 0] = 1.0
+    first, second = conflict_aware_masks([tau, torch.ones(4, 16)], [4, 4], 16)
+    assert first.sum() == 4 and first[:, 0].all()
+    assert not (first & second).any()
+    assert int(second.sum()) == 16  # four free positions per row besides column 0
+
+
+def test_magnitude_mask_keeps_global_top_fraction():
+    (tau,) = task_vectors(1, (30, 20), seed=4, zero_share=0.0)
+    mask = magnitude_mask(tau, 0.1)
+    assert int(mask.sum()) == 60
+    assert tau.abs()[mask].min() >= tau.abs()[~mask].max()
+
+
+def test_magnitude_mask_equals_reference_on_ties():
+    (tau,) = tie_heavy(1, (9, 7), seed=5)
+    want = reference.masks([tau.reshape(-1).tolist()], [0.3], tau.numel(), conflict_aware=False)
+    assert as_lists([magnitude_mask(tau, 0.3)]) == want
+
+
+def test_random_mask_keeps_exact_count_and_is_seeded():
+    tau = torch.randn(50, 20) + 10.0
+    a, b, c = random_mask(tau, 0.25, 7), random_mask(tau, 0.25, 7), random_mask(tau, 0.25, 8)
+    assert int(a.sum()) == 250
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("densities", [[0.25, 0.25, 0.25], [0.1, 0.3, 0.5], [0.5, 0.5]])
+def test_conflict_aware_masks_are_disjoint_when_densities_sum_to_at_most_one(densities):
+    taus = task_vectors(len(densities), (24, 32), seed=6)
+    masks = conflict_aware_masks(taus, [keep_count(d, 32) for d in densities], 32)
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            assert not (masks[i] & masks[j]).any()
+            assert float((taus[i] * masks[i] * taus[j] * masks[j]).sum()) == 0.0
+
+
+def test_first_conflict_aware_mask_is_the_plain_nm_mask():
+    taus = task_vectors(3, (16, 48), seed=7)
+    masks = conflict_aware_masks(taus, [12, 12, 12], 48)
+    assert torch.equal(masks[0], nm_mask(taus[0], 12, 48))
+
+
+def test_overlap_regime_fills_from_claimed_positions_by_own_magnitude():
+    # Two tasks at density 0.75 in blocks of 4: the second gets the one free position,
+    # then its two largest claimed ones.
+    t1 = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    t2 = torch.tensor([1.0, 5.0, 9.0, 7.0])
+    m1, m2 = conflict_aware_masks([t1, t2], [3, 3], 4)
+    assert m1.tolist() == [True, True, True, False]
+    assert m2.tolist() == [False, True, True, True]
+
+
+@pytest.mark.parametrize("densities,m", [([0.25, 0.25, 0.25], 16), ([0.75, 0.75], 8), ([0.5, 0.3, 0.6], 10)])
+def test_conflict_aware_masks_equal_reference(densities, m):
+    for taus in (task_vectors(len(densities), (7, 13), seed=8), tie_heavy(len(densities), (7, 13), seed=9)):
+        got = conflict_aware_masks(taus, [keep_count(d, m) for d in densities], m)
+        want = reference.masks([t.reshape(-1).tolist() for t in taus], densities, m)
+        assert as_lists(got) == want
+
+
+def test_ties_combine_elects_sign_and_takes_disjoint_mean():
+    deltas = torch.tensor([[1.0, -2.0, 0.0], [3.0, 1.0, 0.0], [-1.0, -2.0, 0.0]])
+    weights = torch.ones(3)
+    assert ties_combine(deltas, weights, normalize=False).tolist() == [4.0, -4.0, 0.0]
+    assert ties_combine(deltas, weights, normalize=True).tolist() == [2.0, -2.0, 0.0]
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda r: f"{r.sparsifier.value}-ca{int(r.conflict_aware)}-{r.combine.value}")
+def test_merge_tensor_equals_reference(recipe):
+    g = torch.Generator().manual_seed(10)
+    base = torch.randn(6, 22, generator=g)
+    tuned = [base + tau for tau in task_vectors(3, (6, 22), seed=11)]
+    weights, densities = [1.0, 1.3, 0.8], [0.25, 0.4, 0.5]
+    seeds = [101, 102, 103]
+    scores = None
+    if recipe.sparsifier is Sparsifier.RANDOM:
+        scores = [random_scores(base.shape, s, base.device).reshape(-1).tolist() for s in seeds]
+    for normalize in (False, True):
+        got = merge_tensor(recipe, base, tuned, weights, densities, block_size=8, lam=0.7,
+                           normalize=normalize, seeds=seeds)
+        want = reference.merge(base, tuned, weights, densities, sparsifier=recipe.sparsifier.value,
+                               conflict_aware=recipe.conflict_aware, combine=recipe.combine.value,
+                               block_size=8, lam=0.7, normalize=normalize, scores=scores)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_lambda_zero_returns_base_bytes():
+    base = torch.randn(8, 32).to(torch.bfloat16)
+    tuned = [base + 0.1 for _ in range(2)]
+    out = merge_tensor(Recipe(Sparsifier.NM, True, Combine.SUM), base, tuned, [1.0, 1.0], [0.25, 0.25], 16, lam=0.0)
+    assert torch.equal(out.view(torch.int16), base.view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_output_keeps_input_dtype_and_equals_float32_result_rounded(dtype):
+    base = torch.randn(8, 32).to(dtype)
+    tuned = [(base.float() + torch.randn(8, 32) * 0.1).to(dtype) for _ in range(2)]
+    recipe = Recipe(Sparsifier.NM, True, Combine.TIES)
+    out = merge_tensor(recipe, base, tuned, [1.0, 1.0], [0.25, 0.25], 16)
+    assert out.dtype == dtype
+    full = merge_tensor(recipe, base.float(), [t.float() for t in tuned], [1.0, 1.0], [0.25, 0.25], 16)
+    assert torch.equal(out, full.to(dtype))
+
+
+@pytest.mark.parametrize("chunk_blocks", [1, 3, 7, 1000])
+def test_chunking_does_not_change_the_result(chunk_blocks):
+    base = torch.randn(37, 29)
+    tuned = [base + t for t in task_vectors(3, (37, 29), seed=12)]
+    recipe = Recipe(Sparsifier.NM, True, Combine.TIES)
+    args = (recipe, base, tuned, [1.2, 1.2, 1.0], [0.3, 0.3, 0.3], 16)
+    assert torch.equal(merge_tensor(*args, chunk_blocks=chunk_blocks), merge_tensor(*args))
+
+
+def test_merge_is_deterministic_across_runs():
+    base = torch.randn(64, 64).to(torch.bfloat16)
+    tuned = [(base.float() + t).to(torch.bfloat16) for t in tie_heavy(3, (64, 64), seed=13)]
+    for recipe in ALL_RECIPES:
+        args = (recipe, base, tuned, [1.0] * 3, [0.3] * 3, 32)
+        a = merge_tensor(*args, seeds=[1, 2, 3])
+        b = merge_tensor(*args, seeds=[1, 2, 3])
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+def test_block_top_mask_handles_empty_tensor():
+    assert block_top_mask(torch.empty(0, dtype=torch.int32), 2, 8).numel() == 0
