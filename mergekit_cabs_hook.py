@@ -1,6 +1,6 @@
 """Start-up hook of mergekit-cabs: load MergeKit merge-method plugins on demand.
 
-``mergekit_cabs.pth`` imports this module when Python starts. It imports nothing but
+``mergekit_cabs_hook.pth`` imports this module when Python starts. It imports nothing but
 ``sys`` and only installs a one-shot finder; when ``mergekit.merge_methods`` is first
 imported, the finder lets it load normally and then calls every entry point of the group
 ``mergekit.merge_methods``. A failing plugin logs a warning and MergeKit keeps working.
@@ -29,11 +29,18 @@ def load_plugins():
             )
 
 
-class _PluginFinder:
-    """Finds nothing itself; wraps the real loader of ``mergekit.merge_methods``."""
+class PostImportFinder:
+    """Finds nothing itself: lets ``target`` load normally, then calls ``callback(module)``.
+
+    One-shot: it leaves ``sys.meta_path`` as soon as ``target`` is looked up.
+    """
+
+    def __init__(self, target, callback):
+        self.target = target
+        self.callback = callback
 
     def find_spec(self, name, path=None, target=None):
-        if name != _TARGET:
+        if name != self.target:
             return None
         sys.meta_path.remove(self)
         for finder in sys.meta_path:
@@ -46,23 +53,28 @@ class _PluginFinder:
         exec_module = getattr(spec.loader, "exec_module", None)
         if exec_module is None:
             return spec
+        callback = self.callback
 
-        def exec_module_then_load_plugins(module):
+        def exec_module_then_callback(module):
             exec_module(module)
-            load_plugins()
+            callback(module)
 
         try:
-            spec.loader.exec_module = exec_module_then_load_plugins
+            spec.loader.exec_module = exec_module_then_callback
         except AttributeError:
             pass
         return spec
 
 
-def install():
-    if _TARGET in sys.modules:
-        load_plugins()
-    elif not any(isinstance(f, _PluginFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PluginFinder())
+def after_import(target, callback):
+    """Call ``callback(module)`` once ``target`` is imported (now, if it already is)."""
+    module = sys.modules.get(target)
+    if module is not None:
+        callback(module)
+    elif not any(
+        isinstance(f, PostImportFinder) and f.target == target for f in sys.meta_path
+    ):
+        sys.meta_path.insert(0, PostImportFinder(target, callback))
 
 
-install()
+after_import(_TARGET, lambda _module: load_plugins())

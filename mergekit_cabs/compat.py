@@ -126,3 +126,48 @@ def _loaded_module(name: str) -> Optional[Any]:
     import sys
 
     return sys.modules.get(name)
+
+
+class _ConcatenableAliases(tuple):
+    """A tuple of weight aliases that a list can also be added to (``[name] + aliases``)."""
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
+
+def _patch_optional_alias_planning(plan_module: Any) -> bool:
+    planner = getattr(plan_module, "MergePlanner", None)
+    if planner is None:  # still importing; install_optional_alias_fix retries later
+        return False
+    original = planner.plan_tensor
+    if _is_patched(original):
+        return True
+
+    def plan_tensor(self, weight, weights_in, models, cfg_reader):
+        if weight.optional:
+            weights_in = [
+                w.model_copy(update={"aliases": _ConcatenableAliases(w.aliases)})
+                if w.aliases
+                else w
+                for w in weights_in
+            ]
+        return original(self, weight, weights_in, models, cfg_reader)
+
+    plan_tensor.__mergekit_cabs__ = True
+    planner.plan_tensor = plan_tensor
+    return True
+
+
+def install_optional_alias_fix() -> None:
+    """Let MergeKit plan models whose optional weights have aliases (BERT, RoBERTa, ...).
+
+    MergeKit 0.1.5's planner checks an optional weight with ``[name] + (aliases or [])``
+    while ``aliases`` is a tuple, so every merge of a BERT-family model fails with
+    ``TypeError: can only concatenate list (not "tuple") to list`` before anything loads
+    (``position_ids`` and friends are optional with aliases). The fix hands the planner
+    those aliases as a tuple subclass that supports the concatenation; nothing else about
+    the weight changes, and weights without aliases are untouched.
+    """
+    from mergekit_cabs_hook import after_import
+
+    after_import("mergekit.plan", _patch_optional_alias_planning)

@@ -26,7 +26,7 @@ def register_all() -> tuple[str, ...]:
     try:
         from mergekit import merge_methods
 
-        from mergekit_cabs.compat import install_planning_checks
+        from mergekit_cabs.compat import install_optional_alias_fix, install_planning_checks
         from mergekit_cabs.methods import SparseTaskArithmeticMerge, build_methods
 
         registered = {method.spec.name: method for method in merge_methods.registered_methods()}
@@ -42,6 +42,7 @@ def register_all() -> tuple[str, ...]:
                 )
             names.append(method.spec.name)
         install_planning_checks()
+        install_optional_alias_fix()
         return tuple(names)
     finally:
         _registering = False

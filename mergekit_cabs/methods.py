@@ -23,6 +23,7 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
+from mergekit_cabs.compat import install_optional_alias_fix
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor, tensor_seed
 from mergekit_cabs.validation import (
     check_block_size,
@@ -114,6 +115,9 @@ class SparseTaskArithmeticMerge(GroupMergeMethod):
         *,
         group_name: Optional[str] = None,
     ) -> None:
+        # Planning starts here; the planner exists by now even if MergeKit was imported
+        # in an order that kept the start-up hook from patching it.
+        install_optional_alias_fix()
         check_group_inputs(self.info.name, input_ids, base_id, group_name)
         super().validate_inputs(input_ids, base_id, group_name=group_name)
 
