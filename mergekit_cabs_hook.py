@@ -1,11 +1,12 @@
 """Start-up hook of mergekit-cabs: load MergeKit merge-method plugins on demand.
 
 ``mergekit_cabs_hook.pth`` imports this module when Python starts. It imports nothing but
-``sys`` and only installs a one-shot finder; when ``mergekit.merge_methods`` is first
+``os`` and ``sys`` (both already loaded by then) and only installs a one-shot finder; when ``mergekit.merge_methods`` is first
 imported, the finder lets it load normally and then calls every entry point of the group
 ``mergekit.merge_methods``. A failing plugin logs a warning and MergeKit keeps working.
 """
 
+import os
 import sys
 
 _TARGET = "mergekit.merge_methods"
@@ -77,4 +78,7 @@ def after_import(target, callback):
         sys.meta_path.insert(0, PostImportFinder(target, callback))
 
 
-after_import(_TARGET, lambda _module: load_plugins())
+# An escape hatch to tell whether a problem comes from a plugin: plugins then load only
+# when imported explicitly (``import mergekit_cabs``).
+if not os.environ.get("MERGEKIT_CABS_NO_HOOK"):
+    after_import(_TARGET, lambda _module: load_plugins())

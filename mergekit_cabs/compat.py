@@ -86,6 +86,7 @@ def install_planning_checks() -> bool:
     from mergekit_cabs.methods import METHODS_BY_NAME
     from mergekit_cabs.validation import (
         check_block_size_setting,
+        check_input_shapes,
         check_keep_counts,
         check_setting_keys,
     )
@@ -108,6 +109,8 @@ def install_planning_checks() -> bool:
         except Exception:
             _explain_resolution_error(spec, tensor_name, inputs, sources, base_model, t)
             raise
+        if tensor_name and base_model is not None:
+            check_input_shapes(spec.name, tensor_name, base_model, _stored_shapes(inputs))
         if "block_size" in shared:
             models = [m for m in per_input if m != base_model]
             check_keep_counts(spec.name, tensor_name, models,
@@ -120,6 +123,28 @@ def install_planning_checks() -> bool:
     if plan is not None:
         plan.resolve_parameters = resolve_parameters
     return True
+
+
+def _stored_shapes(inputs: dict) -> dict:
+    """Shape of each model's input tensor, read from safetensors headers (None if unknown).
+
+    Only models MergeKit has already opened (it does so for all before planning) are
+    looked at, so a check outside a merge never fetches anything.
+    """
+    from mergekit.io.tasks import LoaderCache
+
+    from mergekit_cabs.validation import stored_shape
+
+    shapes = {}
+    loaders = LoaderCache().loaders
+    for model, name in inputs.items():
+        if model not in loaders:
+            shapes[model] = None
+            continue
+        index = loaders[model].index
+        shard = index.tensor_paths.get(name)
+        shapes[model] = stored_shape(index.base_path, shard, name) if shard else None
+    return shapes
 
 
 def _loaded_module(name: str) -> Optional[Any]:

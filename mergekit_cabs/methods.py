@@ -26,6 +26,7 @@ from mergekit.merge_methods.base import (
 from mergekit_cabs.compat import install_optional_alias_fix
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor, tensor_seed
 from mergekit_cabs.validation import (
+    agreed_buffer,
     check_block_size,
     check_density,
     check_finite,
@@ -123,6 +124,8 @@ class SparseTaskArithmeticMerge(GroupMergeMethod):
 
     def merge_group(self, group: TensorGroup, /, **params: Any) -> torch.Tensor:
         name = group.metadata.name or "<unnamed tensor>"
+        if not group.base.tensor.is_floating_point():
+            return agreed_buffer(name, [(e.id, e.tensor) for e in group.entries])
         entries = group.non_base
         densities = [params["density"][e.id] for e in entries]
         block_size = params.get("block_size", 1)

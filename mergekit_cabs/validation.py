@@ -6,7 +6,11 @@ and, during planning, through ``compat.install_planning_checks`` (before any ten
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import struct
+from functools import lru_cache
 from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -107,6 +111,19 @@ def check_tensors_finite(tensor: str, inputs: Iterable[tuple[Any, torch.Tensor]]
             )
 
 
+def agreed_buffer(tensor: str, inputs: Sequence[tuple[Any, torch.Tensor]]) -> torch.Tensor:
+    """An integer or bool buffer has no task vector: pass it through if all models agree."""
+    (_, first), *rest = inputs
+    for model, value in rest:
+        if value.dtype != first.dtype or not torch.equal(value, first):
+            raise MergeConfigError(
+                f"non-floating tensor {tensor} differs in model {model}; integer and bool "
+                "buffers cannot be merged. Make them equal in every model, or merge this "
+                "tensor with another method (e.g. a `slices:`/`passthrough` for it)."
+            )
+    return first.clone()
+
+
 def check_setting_keys(
     method: str,
     known: Sequence[str],
@@ -133,3 +150,37 @@ def check_block_size_setting(method: str, setting: Any) -> None:
             "interpolate to fractional block sizes. Give one integer, or per-tensor "
             "integers with filters: [{filter: mlp, value: 128}, {value: 256}]."
         )
+
+
+@lru_cache(maxsize=1024)
+def safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's JSON header, without reading any tensor."""
+    with open(path, "rb") as file:
+        (header_size,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(header_size))
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def stored_shape(base_path: str, shard: str, tensor: str) -> Optional[tuple[int, ...]]:
+    """Shape of ``tensor`` in shard ``shard`` of a model at ``base_path`` (None if unknown)."""
+    path = shard if os.path.isabs(shard) else os.path.join(base_path, shard)
+    if not path.endswith(".safetensors") or not os.path.exists(path):
+        return None
+    return safetensors_shapes(path).get(tensor)
+
+
+def check_input_shapes(
+    method: str, tensor: str, base: Any, shapes: Mapping[Any, Optional[tuple[int, ...]]]
+) -> None:
+    """Every fine-tuned tensor must have the base's shape (task vectors are differences)."""
+    base_shape = shapes.get(base)
+    if base_shape is None:
+        return
+    for model, shape in shapes.items():
+        if shape is not None and shape != base_shape:
+            raise MergeConfigError(
+                f"{method}: tensor {tensor} has shape {list(shape)} in model {model} but "
+                f"{list(base_shape)} in the base model {base}. Task vectors need identical "
+                "architectures: merge models fine-tuned from this base (for a resized "
+                "vocabulary, align it with MergeKit's `tokenizer:` settings)."
+            )
