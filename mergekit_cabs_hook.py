@@ -1,9 +1,10 @@
 """Start-up hook of mergekit-cabs: load MergeKit merge-method plugins on demand.
 
 ``mergekit_cabs_hook.pth`` imports this module when Python starts. It imports nothing but
-``os`` and ``sys`` (both already loaded by then) and only installs a one-shot finder; when ``mergekit.merge_methods`` is first
-imported, the finder lets it load normally and then calls every entry point of the group
-``mergekit.merge_methods``. A failing plugin logs a warning and MergeKit keeps working.
+``os`` and ``sys`` (both already loaded by then) and only installs a one-shot finder: when
+``mergekit.merge_methods`` is first imported, the finder lets it load normally and then
+calls every entry point of the group ``mergekit.merge_methods``. A failing plugin logs a
+warning and MergeKit keeps working.
 """
 
 import os

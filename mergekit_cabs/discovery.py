@@ -1,7 +1,7 @@
 """Registration of this package's methods with MergeKit.
 
 MergeKit 0.1.5 has no plugin discovery. ``mergekit_cabs_hook`` (imported by the
-``mergekit_cabs.pth`` file at interpreter start, itself importing nothing heavy) calls every
+``mergekit_cabs_hook.pth`` file at interpreter start, itself importing nothing heavy) calls every
 entry point of the group ``ENTRY_POINT_GROUP`` right after ``mergekit.merge_methods`` is
 first imported; ours is ``register_all``. Other plugins can declare the same group.
 """

@@ -1,0 +1,179 @@
+"""Plain MergeKit finds our methods with nothing imported by the user, and stays usable if a
+plugin breaks. Every check runs in a fresh interpreter: the hook acts at start-up."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from conftest import MERGEKIT_YAML, run_mergekit_yaml, write_config
+from mergekit_cabs.methods import METHOD_TABLE
+from mergekit_cabs.tiny_models import load_state
+
+NAMES = sorted(info.name for info in METHOD_TABLE)
+BIN = Path(sys.executable).parent
+
+
+def run_python(code, env=None, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300, **kwargs,
+    )
+
+
+def test_interpreter_start_imports_neither_torch_nor_mergekit():
+    result = run_python("""
+        import sys
+        print(sorted(m for m in ("torch", "mergekit", "mergekit_cabs", "mergekit_cabs_hook")
+                     if m in sys.modules))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['mergekit_cabs_hook']"
+
+
+def test_importing_mergekit_merge_methods_registers_every_name():
+    result = run_python("""
+        from mergekit import merge_methods
+        print(sorted(m.spec.name for m in merge_methods.registered_methods()))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert set(NAMES) <= set(eval(result.stdout))
+
+
+def test_without_the_hook_plain_mergekit_does_not_know_cabs():
+    result = run_python("""
+        from mergekit import merge_methods
+        print(sorted(m.spec.name for m in merge_methods.registered_methods()))
+    """, env={"MERGEKIT_CABS_NO_HOOK": "1"})
+    assert result.returncode == 0, result.stderr
+    assert not set(NAMES) & set(eval(result.stdout))
+
+
+def test_explicit_import_registers_without_the_hook():
+    result = run_python("""
+        import mergekit_cabs
+        from mergekit import merge_methods
+        print(sorted(mergekit_cabs.REGISTERED_METHODS))
+        print(all(merge_methods.get(name) for name in mergekit_cabs.REGISTERED_METHODS))
+    """, env={"MERGEKIT_CABS_NO_HOOK": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == [str(NAMES), "True"]
+
+
+def test_broken_plugin_warns_and_mergekit_still_merges(tiny_family, tmp_path):
+    plugins = tmp_path / "plugins"
+    dist_info = plugins / "broken_plugin-0.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[mergekit.merge_methods]\nbroken = broken_plugin:register\n")
+    (plugins / "broken_plugin.py").write_text("raise ImportError('simulated plugin failure')\n")
+    base, models = tiny_family
+    write_config(tmp_path / "c.yml", "task_arithmetic", base, models[:2], [{"weight": 0.5}] * 2)
+    result = run_mergekit_yaml(tmp_path / "c.yml", tmp_path / "out",
+                               env={"PYTHONPATH": str(plugins)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "merge-method plugin 'broken'" in result.stderr
+    assert "simulated plugin failure" in result.stderr
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_python_m_mergekit_cabs_is_mergekit_yaml_with_all_its_flags():
+    result = subprocess.run([sys.executable, "-m", "mergekit_cabs", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for flag in ("CONFIG_FILE", "OUT_PATH", "--cuda", "--out-shard-size", "--random-seed"):
+        assert flag in result.stdout
+
+
+def test_mergekit_cabs_command_lists_its_subcommands():
+    result = subprocess.run([str(BIN / "mergekit-cabs"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for command in ("merge", "demo"):
+        assert command in result.stdout
+
+
+def test_console_script_wraps_mergekit_yaml_without_the_hook(tiny_family, tmp_path):
+    base, models = tiny_family
+    params = [{"weight": 1.0, "density": 0.25}] * 2
+    write_config(tmp_path / "c.yml", "cabs", base, models[:2], params, {"block_size": 16})
+    via_wrapper = subprocess.run(
+        [str(BIN / "mergekit-cabs"), "merge", str(tmp_path / "c.yml"), str(tmp_path / "a"),
+         "--no-copy-tokenizer"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MERGEKIT_CABS_NO_HOOK": "1"})
+    assert via_wrapper.returncode == 0, via_wrapper.stderr[-2000:]
+    via_plain = run_mergekit_yaml(tmp_path / "c.yml", tmp_path / "b")
+    assert via_plain.returncode == 0, via_plain.stderr[-2000:]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == \
+        (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_mergekit_multi_runs_a_chain_of_our_methods(tiny_family, tmp_path):
+    base, models = tiny_family
+    first = {
+        "name": "first",
+        "merge_method": "cabs",
+        "base_model": base,
+        "models": [{"model": m, "parameters": {"density": 0.25}} for m in models[:2]],
+        "parameters": {"block_size": 16},
+        "dtype": "float32",
+    }
+    final = {
+        "merge_method": "ca_ties",
+        "base_model": base,
+        "models": [{"model": "first", "parameters": {"density": 0.5}},
+                   {"model": models[2], "parameters": {"density": 0.5}}],
+        "dtype": "float32",
+    }
+    (tmp_path / "multi.yml").write_text(yaml.safe_dump_all([first, final], sort_keys=False))
+    result = subprocess.run(
+        [str(BIN / "mergekit-multi"), str(tmp_path / "multi.yml"),
+         "--intermediate-dir", str(tmp_path / "steps"), "--out-path", str(tmp_path / "out"),
+         "--no-copy-tokenizer"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_state(tmp_path / "steps" / "first").keys() == load_state(tmp_path / "out").keys()
+
+
+def test_run_merge_without_importing_the_plugin(tiny_family, tmp_path):
+    base, models = tiny_family
+    params = [{"weight": 1.0, "density": 0.25}] * 2
+    write_config(tmp_path / "c.yml", "cabs", base, models[:2], params, {"block_size": 16})
+    result = run_python(f"""
+        import sys, yaml
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge
+        from mergekit.options import MergeOptions
+        text = open({str(tmp_path / "c.yml")!r}).read()
+        run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), {str(tmp_path / "api")!r},
+                  options=MergeOptions(copy_tokenizer=False), config_source=text)
+        print("mergekit_cabs" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"  # loaded by the hook, not by the script
+    cli = run_mergekit_yaml(tmp_path / "c.yml", tmp_path / "cli")
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert (tmp_path / "api" / "model.safetensors").read_bytes() == \
+        (tmp_path / "cli" / "model.safetensors").read_bytes()
+
+
+def test_merge_tensors_accepts_our_names_by_string():
+    result = run_python("""
+        import torch
+        from mergekit.merge_methods.api import merge_tensors
+        g = torch.Generator().manual_seed(0)
+        base = torch.randn(4, 64, generator=g)
+        tuned = [base + torch.randn(4, 64, generator=g) for _ in range(2)]
+        out = merge_tensors([base, *tuned], "cabs", base_index=0, name="w",
+                            parameters={"weight": [1.0, 1.0], "density": [0.25, 0.25],
+                                        "block_size": 16})
+        moved = (out != base).reshape(-1, 16).sum(1)
+        print(out.shape == base.shape, int(moved.max()) <= 8)
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True True"
