@@ -147,6 +147,24 @@ class SparseTaskArithmeticMerge(GroupMergeMethod):
         )
 
 
+_SPARSIFIER_WORDS = {_NM: "n:m blocks", _MAG: "magnitude (per tensor)", _RND: "random (DARE, x 1/density)"}
+
+
+def method_table_markdown() -> str:
+    """The README's table of registered names, rendered from ``METHOD_TABLE``."""
+    rows = ["| `merge_method` | sparsifier | conflict-aware | combine | paper row | parameters |",
+            "|---|---|---|---|---|---|"]
+    for info in METHOD_TABLE:
+        recipe = info.recipe
+        rows.append(
+            f"| `{info.name}` | {_SPARSIFIER_WORDS[recipe.sparsifier]} | "
+            f"{'yes' if recipe.conflict_aware else 'no'} | "
+            f"{'TIES' if recipe.combine is _TIES else 'sum'} | {info.paper_row} | "
+            + ", ".join(f"`{p}`" for p in info.parameter_names) + " |"
+        )
+    return "\n".join(rows)
+
+
 def build_methods() -> tuple[SparseTaskArithmeticMerge, ...]:
     return tuple(SparseTaskArithmeticMerge(info) for info in METHOD_TABLE)
 
