@@ -19,6 +19,7 @@ Every function creates new tensors on its input's device and works on CPU and CU
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass
@@ -182,35 +183,50 @@ def conflict_aware_masks(
 
 
 def ties_combine(
-    deltas: torch.Tensor, weights: torch.Tensor, normalize: bool
+    deltas: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool
 ) -> torch.Tensor:
     """TIES sign election and disjoint merge of weighted, pruned task vectors.
 
-    ``deltas[i] = w_i * s_i * M_i * tau_i`` (stacked on dim 0), ``weights[i] = w_i``.
+    ``deltas[i] = s_i * w_i * M_i * tau_i``, ``weights[i] = w_i``.
     ``gamma = sign(sum_i deltas[i])`` with ``gamma = +1`` where the sum is 0;
     ``agree_i = (sign(deltas[i]) == gamma)`` (a zero entry never agrees);
     result ``= sum_i agree_i * deltas[i]``, divided by ``sum_i agree_i * w_i`` when
-    ``normalize`` (a divisor of 0 becomes 1).
+    ``normalize`` (a divisor of 0 becomes 1). Sums run in task order, in float32, so
+    every implementation of this formula gives the same bits.
     """
-    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
-    agree = (deltas.sign() == elected).to(deltas.dtype)
-    merged = (deltas * agree).sum(dim=0)
-    if normalize:
-        shape = (-1,) + (1,) * (deltas.dim() - 1)
-        divisor = (agree * weights.view(shape)).sum(dim=0)
-        merged = merged / torch.where(divisor == 0, 1.0, divisor)
+    total = deltas[0].clone()
+    for delta in deltas[1:]:
+        total += delta
+    positive = total >= 0
+    merged = torch.zeros_like(total)
+    divisor = torch.zeros_like(total) if normalize else None
+    for delta, weight in zip(deltas, weights):
+        agree = torch.where(positive, delta > 0, delta < 0).to(delta.dtype)
+        merged += delta * agree
+        if divisor is not None:
+            divisor += agree * weight
+    if divisor is not None:
+        merged /= torch.where(divisor == 0, 1.0, divisor)
     return merged
 
 
 def linear_combine(
-    deltas: torch.Tensor, weights: torch.Tensor, normalize: bool
+    deltas: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool
 ) -> torch.Tensor:
-    """``sum_i deltas[i]``, divided by ``sum_i w_i`` when ``normalize`` (|sum| < 1e-8 -> 1)."""
-    merged = deltas.sum(dim=0)
+    """``sum_i deltas[i]`` in task order, divided by ``sum_i w_i`` when ``normalize``
+    (a total below 1e-8 in magnitude counts as 1)."""
+    merged = deltas[0].clone()
+    for delta in deltas[1:]:
+        merged += delta
     if normalize:
-        total = float(weights.sum())
-        merged = merged / (1.0 if abs(total) < 1e-8 else total)
+        merged /= normalizer(weights)
     return merged
+
+
+def normalizer(weights: Sequence[float]) -> float:
+    """``sum_i w_i`` as the divisor of a normalized sum, with ``|sum| < 1e-8 -> 1``."""
+    total = math.fsum(weights)
+    return 1.0 if abs(total) < 1e-8 else total
 
 
 def task_masks(
@@ -236,6 +252,21 @@ def task_masks(
     return [nm_mask(t, n, m) for t, n in zip(taus, ns)]
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_nm_module():
+    """``mergekit_cabs.compiled_nm`` when numba is installed, else ``None`` (torch only)."""
+    try:
+        from mergekit_cabs import compiled_nm
+    except ImportError:
+        return None
+    return compiled_nm
+
+
+def merge_scales(recipe: Recipe, weights: Sequence[float], densities: Sequence[float]) -> list[float]:
+    """``s_i * w_i``: the weight, times ``1 / density`` where the recipe rescales (DARE)."""
+    return [w / d if recipe.rescales and d > 0 else w for w, d in zip(weights, densities)]
+
+
 def merge_chunk(
     recipe: Recipe,
     base: torch.Tensor,
@@ -246,20 +277,34 @@ def merge_chunk(
     lam: float,
     normalize: bool,
     seeds: Sequence[int] = (),
+    compiled: Optional[bool] = None,
 ) -> torch.Tensor:
-    """``base + lambda * combine(w_i * s_i * M_i * tau_i)`` in float32, for one chunk."""
+    """``base + lambda * combine(s_i * w_i * M_i * tau_i)`` in float32, for one chunk.
+
+    A dropped entry of a delta is ``(s_i * w_i * tau_i) * 0``, a signed zero. For n:m,
+    ``compiled`` picks the numba kernel (same bits; ``None``: when installed and the
+    tensors are CPU float32/bfloat16) or this torch code (``False``).
+    """
+    fast = compiled_nm_module() if compiled is not False else None
+    if compiled and fast is None:
+        raise RuntimeError("compiled=True needs numba: pip install 'mergekit-cabs[fast]'")
+    if recipe.sparsifier is Sparsifier.NM and fast is not None and fast.supports(base, tuned):
+        return fast.nm_merge_chunk(
+            base, tuned, merge_scales(recipe, weights, densities), weights,
+            [keep_count(d, block_size) for d in densities], block_size, lam,
+            recipe.combine is Combine.TIES, normalize, normalizer(weights), recipe.conflict_aware,
+        )
     base32 = base.to(torch.float32)
     taus = [t.to(torch.float32) - base32 for t in tuned]
     masks = task_masks(recipe, taus, densities, block_size, seeds)
-    scale = [
-        w / d if recipe.rescales and d > 0 else w for w, d in zip(weights, densities)
+    deltas = [
+        (tau * scale) * mask.to(torch.float32)
+        for tau, mask, scale in zip(taus, masks, merge_scales(recipe, weights, densities))
     ]
-    deltas = torch.stack([tau * mask * s for tau, mask, s in zip(taus, masks, scale)])
-    weight_t = torch.tensor(weights, dtype=torch.float32, device=base.device)
     if recipe.combine is Combine.TIES:
-        merged = ties_combine(deltas, weight_t, normalize)
+        merged = ties_combine(deltas, weights, normalize)
     else:
-        merged = linear_combine(deltas, weight_t, normalize)
+        merged = linear_combine(deltas, weights, normalize)
     return base32 + lam * merged
 
 
@@ -274,6 +319,7 @@ def merge_tensor(
     normalize: bool = False,
     seeds: Sequence[int] = (),
     chunk_blocks: Optional[int] = None,
+    compiled: Optional[bool] = None,
 ) -> torch.Tensor:
     """Merge one tensor; the result has ``base``'s dtype, device and shape.
 
@@ -302,5 +348,6 @@ def merge_tensor(
             lam,
             normalize,
             seeds,
+            compiled,
         )
     return out.view(base.shape)

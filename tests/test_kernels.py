@@ -165,8 +165,8 @@ def test_conflict_aware_masks_equal_reference(densities, m):
 
 
 def test_ties_combine_elects_sign_and_takes_disjoint_mean():
-    deltas = torch.tensor([[1.0, -2.0, 0.0], [3.0, 1.0, 0.0], [-1.0, -2.0, 0.0]])
-    weights = torch.ones(3)
+    deltas = list(torch.tensor([[1.0, -2.0, 0.0], [3.0, 1.0, 0.0], [-1.0, -2.0, 0.0]]))
+    weights = [1.0, 1.0, 1.0]
     assert ties_combine(deltas, weights, normalize=False).tolist() == [4.0, -4.0, 0.0]
     assert ties_combine(deltas, weights, normalize=True).tolist() == [2.0, -2.0, 0.0]
 

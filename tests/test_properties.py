@@ -94,8 +94,9 @@ def test_conflict_aware_masks_equal_reference(inputs, data, m):
 
 @PROPERTY_SETTINGS
 @given(merge_inputs(), st.data(), st.sampled_from(RECIPES), st.integers(1, 64),
-       st.sampled_from([0.0, 0.7, 1.0, 1.8]), st.booleans())
-def test_merge_tensor_equals_reference(inputs, data, recipe, m, lam, normalize):
+       st.sampled_from([0.0, 0.7, 1.0, 1.8]), st.booleans(), st.sampled_from([False, None]))
+def test_merge_tensor_equals_reference(inputs, data, recipe, m, lam, normalize, compiled):
+    """``compiled=None`` takes the numba n:m kernel where installed, ``False`` the torch path."""
     base, tuned, dtype = inputs
     ds = [data.draw(densities) for _ in tuned]
     weights = [data.draw(st.sampled_from([0.5, 1.0, 1.3, 1.8])) for _ in tuned]
@@ -104,7 +105,8 @@ def test_merge_tensor_equals_reference(inputs, data, recipe, m, lam, normalize):
     if recipe.sparsifier is Sparsifier.RANDOM:
         scores = [random_scores(base.shape, s, base.device).reshape(-1).tolist() for s in seeds]
     got = merge_tensor(recipe, base, tuned, weights, ds, block_size=m, lam=lam,
-                       normalize=normalize, seeds=seeds, chunk_blocks=data.draw(st.integers(1, 8)))
+                       normalize=normalize, seeds=seeds, chunk_blocks=data.draw(st.integers(1, 8)),
+                       compiled=compiled)
     want = reference.merge(base, tuned, weights, ds, sparsifier=recipe.sparsifier.value,
                            conflict_aware=recipe.conflict_aware, combine=recipe.combine.value,
                            block_size=m, lam=lam, normalize=normalize, scores=scores)
