@@ -99,7 +99,13 @@ def top_k_rows(keys: torch.Tensor, k: int) -> torch.Tensor:
     above = keys > threshold
     at = keys == threshold
     room = k - above.sum(dim=1, keepdim=True)
-    return above | (at & (at.cumsum(dim=1) <= room))
+    keep = above | at
+    # Only rows with more ties at the threshold than room need the (costly) running count.
+    crowded = (at.sum(dim=1, keepdim=True) > room).squeeze(1).nonzero().squeeze(1)
+    if crowded.numel():
+        ties = at[crowded]
+        keep[crowded] = above[crowded] | (ties & (ties.cumsum(dim=1) <= room[crowded]))
+    return keep
 
 
 def block_top_mask(keys: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
