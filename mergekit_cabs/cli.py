@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -39,3 +40,31 @@ def demo_command(out_dir: str) -> None:
     from mergekit_cabs.demo import run_demo
 
     run_demo(out_dir)
+
+
+@main.command("inspect")
+@click.argument("config_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", default="inspect-report", show_default=True,
+              help="Folder for report.json and the PNG figures.")
+@click.option("--random-seed", type=int, default=None,
+              help="The merge's --random-seed (makes the DARE variants' masks the merge's).")
+@click.option("--device", default="cpu", show_default=True, help="Where to compute the masks.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def inspect_command(config_path: str, out_dir: str, random_seed: int | None, device: str,
+                    quiet: bool) -> None:
+    """Mask overlap, balance and kept energy of a mergekit-yaml config, vs magnitude masks."""
+    from mergekit_cabs.diagnostics import format_table, inspect_config, write_figures
+
+    try:
+        report = inspect_config(config_path, out_dir, random_seed=random_seed, device=device,
+                                progress=not quiet)
+    except ValueError as error:  # a config inspect cannot take; the message names the fix
+        raise click.ClickException(str(error)) from None
+    click.echo(format_table(report))
+    figures = write_figures(report, out_dir)
+    click.echo(f"\nreport: {Path(out_dir) / 'report.json'}")
+    if figures is None:
+        click.echo("figures skipped: matplotlib is not installed "
+                   "(pip install 'mergekit-cabs[plots]')")
+    else:
+        click.echo("figures: " + ", ".join(str(f) for f in figures))

@@ -119,6 +119,9 @@ class SparseTaskArithmeticMerge(GroupMergeMethod):
         # Planning starts here; the planner exists by now even if MergeKit was imported
         # in an order that kept the start-up hook from patching it.
         install_optional_alias_fix()
+        from mergekit_cabs.card import install_card_hook  # card.py reads this module's table
+
+        install_card_hook()
         check_group_inputs(self.info.name, input_ids, base_id, group_name)
         super().validate_inputs(input_ids, base_id, group_name=group_name)
 

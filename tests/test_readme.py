@@ -29,3 +29,9 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     after_venv = tests.split(". .venv/bin/activate && ", 1)[1]
     assert after_venv in ci
+
+
+def test_readme_cites_the_paper_as_the_model_card_does():
+    from mergekit_cabs.card import CABS_PAPER
+
+    assert CABS_PAPER.bibtex in README

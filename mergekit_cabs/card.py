@@ -1,0 +1,379 @@
+"""Model cards of merges made with this package's methods.
+
+MergeKit 0.1.5 writes the output's ``README.md`` with ``mergekit.card.generate_card``,
+imported by name into ``mergekit.merge`` and called from ``run_merge``; it has no hook for
+a method to add to the card. ``install_card_hook`` wraps that one name. For a merge with
+one of our methods the wrapper keeps MergeKit's card (front matter, models, YAML) and adds:
+the tags ``CARD_TAGS``, a paragraph stating what was done with the resolved parameters, the
+papers of the parts the recipe uses, and their BibTeX. MergeKit's own methods get
+MergeKit's card, untouched.
+
+Offline: MergeKit asks the Hub whether a local path with exactly one slash
+(``models/base``) is also a Hub repository, and the merge crashes after all tensors are
+written when the Hub cannot answer (``HF_HUB_OFFLINE=1``, no network). For our methods the
+wrapper answers "local" when the Hub cannot be asked: the merge read that directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import yaml
+from mergekit.merge_methods.base import ParameterScope
+
+from mergekit_cabs.compat import _is_patched
+from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, keep_count
+from mergekit_cabs.methods import CABS_URL, METHODS_BY_NAME, MethodInfo, parameter_specs
+
+LOG = logging.getLogger(__name__)
+
+CARD_TAGS = ("cabs", "model-merging", "task-arithmetic")
+
+# What the 0.1.5 card function looks like; anything else is left alone.
+_GENERATE_CARD_SIGNATURE = ("config", "config_yaml", "name")
+# Our paragraph goes right after MergeKit's "Merge Method" sentence.
+_MODELS_HEADING = "### Models Merged"
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A paper the card links to and cites."""
+
+    label: str
+    title: str
+    authors: str
+    venue: str
+    url: str
+    bibtex: str
+
+    @property
+    def arxiv_id(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def link(self) -> str:
+        return f"[{self.title}]({self.url}) ({self.authors}, {self.venue}, arXiv:{self.arxiv_id})"
+
+
+CABS_PAPER = Paper(
+    label="CABS",
+    title="CABS: Conflict-Aware and Balanced Sparsification for Enhancing Model Merging",
+    authors="Yang et al.",
+    venue="ICML 2025",
+    url=CABS_URL,
+    bibtex="""@inproceedings{yang2025cabs,
+  title     = {{CABS}: Conflict-Aware and Balanced Sparsification for Enhancing Model Merging},
+  author    = {Yang, Zongzhen and Qi, Binhang and Sun, Hailong and Long, Wenrui and Zhao, Ruobing and Gao, Xiang},
+  booktitle = {Proceedings of the 42nd International Conference on Machine Learning},
+  series    = {Proceedings of Machine Learning Research},
+  volume    = {267},
+  pages     = {70973--70999},
+  year      = {2025},
+  eprint    = {2503.01874},
+  archivePrefix = {arXiv}
+}""",
+)
+
+TIES_PAPER = Paper(
+    label="TIES-Merging",
+    title="TIES-Merging: Resolving Interference When Merging Models",
+    authors="Yadav et al.",
+    venue="NeurIPS 2023",
+    url="https://arxiv.org/abs/2306.01708",
+    bibtex="""@inproceedings{yadav2023ties,
+  title     = {{TIES}-Merging: Resolving Interference When Merging Models},
+  author    = {Yadav, Prateek and Tam, Derek and Choshen, Leshem and Raffel, Colin and Bansal, Mohit},
+  booktitle = {Advances in Neural Information Processing Systems},
+  volume    = {36},
+  year      = {2023},
+  eprint    = {2306.01708},
+  archivePrefix = {arXiv}
+}""",
+)
+
+DARE_PAPER = Paper(
+    label="DARE",
+    title="Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch",
+    authors="Yu et al.",
+    venue="ICML 2024",
+    url="https://arxiv.org/abs/2311.03099",
+    bibtex="""@inproceedings{yu2024dare,
+  title     = {Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch},
+  author    = {Yu, Le and Yu, Bowen and Yu, Haiyang and Huang, Fei and Li, Yongbin},
+  booktitle = {Proceedings of the 41st International Conference on Machine Learning},
+  series    = {Proceedings of Machine Learning Research},
+  volume    = {235},
+  year      = {2024},
+  eprint    = {2311.03099},
+  archivePrefix = {arXiv}
+}""",
+)
+
+
+def papers_for(recipe: Recipe) -> tuple[Paper, ...]:
+    """CABS (every method here is a row of its ablation), plus TIES and DARE where used."""
+    papers = [CABS_PAPER]
+    if recipe.combine is Combine.TIES:
+        papers.append(TIES_PAPER)
+    if recipe.sparsifier is Sparsifier.RANDOM:
+        papers.append(DARE_PAPER)
+    return tuple(papers)
+
+
+class _Varies:
+    """Marks a parameter set by a gradient or filters: its value depends on the tensor."""
+
+    def __repr__(self) -> str:
+        return "VARIES"
+
+
+VARIES = _Varies()
+
+
+def fixed_setting(spec: Any, sources: Iterable[Optional[Mapping[str, Any]]]) -> Any:
+    """The value of parameter ``spec`` if it is one constant for every tensor, else ``VARIES``.
+
+    ``sources`` go from highest precedence to lowest, as MergeKit resolves them; the first
+    that sets the parameter wins, and none setting it gives the default.
+    """
+    for settings in sources:
+        if settings and spec.name in settings:
+            value = settings[spec.name]
+            if isinstance(value, (bool, int, float, str)):
+                return spec.validate(value)
+            return VARIES
+    return None if spec.required else spec.validate(spec.default)
+
+
+def _number(value: Any) -> str:
+    return "varies by tensor" if value is VARIES else f"{value:g}"
+
+
+def _model_clause(model: str, settings: Mapping[str, Any], block_size: Any, recipe: Recipe) -> str:
+    """``model (weight w, density d -> n:m)``, with n:m only for n:m sparsification."""
+    density = settings["density"]
+    text = f"`{model}` (weight {_number(settings['weight'])}, density {_number(density)}"
+    if recipe.sparsifier is Sparsifier.NM and VARIES not in (density, block_size):
+        text += f" → {keep_count(density, block_size)}:{block_size}"
+    return text + ")"
+
+
+def _sparsifier_sentence(recipe: Recipe, block_size: Any) -> str:
+    if recipe.sparsifier is Sparsifier.NM:
+        blocks = "a block" if block_size is VARIES else f"every block of {block_size}"
+        return (f"balanced n:m magnitude pruning (in {blocks} consecutive weights the "
+                "n = round(density · m) largest |τ| are kept)")
+    if recipe.sparsifier is Sparsifier.MAGNITUDE:
+        return "magnitude pruning (in each tensor the share `density` with the largest |τ| is kept)"
+    return (f"DARE random dropping ([{DARE_PAPER.label}]({DARE_PAPER.url}): in each tensor a "
+            "random share `density` is kept and rescaled by 1/density)")
+
+
+def _order_sentence(recipe: Recipe, clauses: Sequence[str], densities: Sequence[Any]) -> str:
+    if not recipe.conflict_aware:
+        return "independently for each model: " + ", ".join(clauses) + "."
+    text = ("conflict-aware, in the order the models are listed: first " + ", then ".join(clauses)
+            + "; each model chose first among the positions no earlier model had kept.")
+    if VARIES in densities:
+        return text
+    total = sum(densities)
+    if total <= 1:
+        return text + (f" The densities sum to {total:g} ≤ 1, so the kept positions of "
+                       "different models are disjoint.")
+    return text + (f" The densities sum to {total:g} > 1, so where a model's quota exceeded "
+                   "the free positions it also kept positions taken by earlier models.")
+
+
+def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any) -> str:
+    scale = "wᵢ / densityᵢ" if recipe.rescales else "wᵢ"
+    if recipe.combine is Combine.TIES:
+        text = (f"The pruned task vectors, each multiplied by {scale}, were combined "
+                f"TIES-style ([{TIES_PAPER.label}]({TIES_PAPER.url})): at each position the "
+                "sign of their sum was elected and only the entries agreeing with it were added")
+        divisor = "the sum of the agreeing models' weights"
+    else:
+        text = f"The pruned task vectors, each multiplied by {scale}, were summed"
+        divisor = "the sum of the weights"
+    if normalize is VARIES:
+        text += f" (normalized by {divisor} for some tensors)"
+    elif normalize:
+        text += f" and divided by {divisor} (`normalize: true`)"
+    else:
+        text += " without normalization"
+    return text + f"; the result was scaled by λ = {_number(lam)} and added to the base model."
+
+
+def _formula(recipe: Recipe) -> str:
+    term = "wᵢ / dᵢ · (Mᵢ ⊙ τᵢ)" if recipe.rescales else "wᵢ · (Mᵢ ⊙ τᵢ)"
+    combined = f"TIES({{{term}}})" if recipe.combine is Combine.TIES else f"Σᵢ {term}"
+    return f"`θ = θ_base + λ · {combined}`, with τᵢ = θᵢ − θ_base and Mᵢ the mask of model i."
+
+
+# Parameter settings of one model (or the shared ones), highest precedence first.
+Sources = tuple[Optional[Mapping[str, Any]], ...]
+
+
+def parameter_sources(config: Any) -> Optional[tuple[Sources, list[tuple[str, Sources]]]]:
+    """(shared sources, [(model, its sources)] in merge order), or None for several slices.
+
+    Works on the configuration as written (``models:``) and as MergeKit's planner leaves
+    it after the merge (``modules:`` with one slice per module).
+    """
+    from mergekit.config import ConfigReader
+
+    if config.models:
+        tasks = [m for m in config.models if m.model != config.base_model]
+        return (config.parameters,), [(str(m.model), (m.parameters, config.parameters))
+                                      for m in tasks]
+    if config.modules:
+        slices = [(module, s) for module in config.modules.values() for s in module.slices or ()]
+    else:
+        slices = [(None, s) for s in config.slices or ()]
+    if len(slices) != 1:
+        return None
+    module, out_slice = slices[0]
+    reader = ConfigReader(config=config, t=0, slice_out=out_slice, module=module)
+    base = out_slice.base_model or config.base_model
+    tasks = [s.model for s in out_slice.sources if s.model != base]
+    return (tuple(reader.parameter_sources(None)),
+            [(str(m), tuple(reader.parameter_sources(m))) for m in tasks])
+
+
+def procedure_paragraph(info: MethodInfo, config: Any) -> str:
+    """What was done, from the configuration's parameters as MergeKit resolves them."""
+    recipe = info.recipe
+    specs = parameter_specs(recipe)
+    shared_specs = [s for s in specs if s.scope is ParameterScope.SHARED]
+    model_specs = [s for s in specs if s.scope is not ParameterScope.SHARED]
+    resolved = parameter_sources(config)
+    shared_sources = resolved[0] if resolved else (config.parameters,)
+    shared = {s.name: fixed_setting(s, shared_sources) for s in shared_specs}
+    opening = ("The task vector τᵢ of each fine-tuned model (its weights minus the base "
+               f"model's) was sparsified with {_sparsifier_sentence(recipe, shared.get('block_size'))}, ")
+    if resolved:
+        clauses, densities = [], []
+        for model, sources in resolved[1]:
+            settings = {s.name: fixed_setting(s, sources) for s in model_specs}
+            clauses.append(_model_clause(model, settings, shared.get("block_size"), recipe))
+            densities.append(settings["density"])
+        body = opening + _order_sentence(recipe, clauses, densities)
+    else:
+        body = (opening + ("conflict-aware in the order the models are listed"
+                           if recipe.conflict_aware else "independently for each model")
+                + "; the weights and densities are set per slice (see the configuration below).")
+    combine = _combine_sentence(recipe, shared["lambda"], shared["normalize"])
+    return f"{body} {combine}\n\n{_formula(recipe)}"
+
+
+def method_paragraph(info: MethodInfo) -> str:
+    """Name the method, its row of the CABS paper, and the papers of its parts."""
+    papers = papers_for(info.recipe)
+    parts = "".join(f"; its {p.label} part is from {p.link()}" for p in papers[1:])
+    return (f"`{info.name}` ({info.pretty_name}, the row \"{info.paper_row}\" of the paper's "
+            f"ablation) follows {CABS_PAPER.link()}{parts}; it ran as a MergeKit method of the "
+            "mergekit-cabs plugin.")
+
+
+def citation_section(papers: Sequence[Paper]) -> str:
+    names = " and ".join(p.label for p in papers)
+    entries = "\n\n".join(p.bibtex for p in papers)
+    return (f"## Citation\n\nThis merge used the method of {names}. If you use this model, "
+            f"please cite:\n\n```bibtex\n{entries}\n```\n")
+
+
+def with_card_tags(front_matter: str) -> str:
+    """MergeKit's YAML front matter with ``CARD_TAGS`` appended to its tags."""
+    data = yaml.safe_load(front_matter) or {}
+    tags = list(data.get("tags") or [])
+    data["tags"] = tags + [t for t in CARD_TAGS if t not in tags]
+    return yaml.dump(data)
+
+
+def extend_card(card: str, info: MethodInfo, config: Any) -> str:
+    """MergeKit's card text plus our tags, paragraphs and citation."""
+    opening, separator, rest = card.partition("---\n")
+    front_matter, closing, body = rest.partition("\n---\n")
+    if opening or not separator or not closing:
+        LOG.warning("mergekit_cabs: MergeKit's model card has no YAML front matter; "
+                    "it is written as MergeKit made it.")
+        return card
+    details = f"{method_paragraph(info)}\n\n{procedure_paragraph(info, config)}\n\n"
+    if _MODELS_HEADING in body:
+        body = body.replace(_MODELS_HEADING, details + _MODELS_HEADING, 1)
+    else:
+        body = body.rstrip("\n") + "\n\n" + details
+    body = body.rstrip("\n") + "\n\n" + citation_section(papers_for(info.recipe))
+    return f"---\n{with_card_tags(front_matter)}---\n{body}"
+
+
+def tolerant_hub_check(is_hf: Callable[[str], bool]) -> Callable[[str], bool]:
+    """MergeKit's ``is_hf``, answering "local path" where it would fail to reach the Hub.
+
+    ``is_hf`` reaches the Hub only for a one-slash path that exists locally; the merge has
+    read that directory, so "local" is true of it whatever the Hub would say.
+    """
+
+    @functools.wraps(is_hf)
+    def is_hf_or_local(path: str) -> bool:
+        try:
+            return is_hf(path)
+        except Exception as error:  # noqa: BLE001 - any failure to ask the Hub
+            LOG.info("mergekit_cabs: could not ask the Hub about %r (%s: %s); the model card "
+                     "lists it as the local directory it was read from.",
+                     path, type(error).__name__, error)
+            return False
+
+    return is_hf_or_local
+
+
+@contextlib.contextmanager
+def _hub_lookups_tolerated(card_module: Any) -> Iterator[None]:
+    """Within the block, MergeKit's card module treats an unreachable Hub as "local"."""
+    original = getattr(card_module, "is_hf", None)
+    if original is None:
+        yield
+        return
+    card_module.is_hf = tolerant_hub_check(original)
+    try:
+        yield
+    finally:
+        card_module.is_hf = original
+
+
+def _wrap_generate_card(merge_module: Any) -> bool:
+    """Replace ``merge_module.generate_card``; return whether our card is in place."""
+    original = getattr(merge_module, "generate_card", None)
+    if original is None:
+        return False
+    if _is_patched(original):
+        return True
+    if tuple(inspect.signature(original).parameters) != _GENERATE_CARD_SIGNATURE:
+        LOG.warning("mergekit_cabs: MergeKit's generate_card changed; model cards are "
+                    "written as MergeKit makes them.")
+        return False
+    import mergekit.card as card_module
+
+    @functools.wraps(original)
+    def generate_card(config, config_yaml, name=None):
+        info = METHODS_BY_NAME.get(config.merge_method)
+        if info is None:
+            return original(config, config_yaml, name)
+        with _hub_lookups_tolerated(card_module):
+            card = original(config, config_yaml, name)
+        return extend_card(card, info, config)
+
+    generate_card.__mergekit_cabs__ = True
+    merge_module.generate_card = generate_card
+    return True
+
+
+def install_card_hook() -> None:
+    """Give merges with our methods our model card (idempotent; now or once MergeKit's
+    ``mergekit.merge`` is imported)."""
+    from mergekit_cabs_hook import after_import
+
+    after_import("mergekit.merge", _wrap_generate_card)

@@ -1,0 +1,499 @@
+"""Mask diagnostics of a merge configuration: overlap, balance and kept energy.
+
+``inspect_config`` reads the YAML that ``mergekit-yaml`` reads and lets MergeKit plan the
+merge, so the tensors, the models in merge order and every tensor's resolved parameters
+are the merge's own. It then reads one tensor of every model at a time through MergeKit's
+loader, computes the configured method's masks with ``mergekit_cabs.kernels`` and, for
+comparison, plain per-tensor magnitude masks at the same densities, and keeps only sums:
+memory is bounded by one tensor group, not by the model.
+
+Definitions (``M_i`` a mask of task ``i``, ``tau_i`` its task vector; counts are pooled
+over a region, i.e. one layer or one tensor outside the layers, or the whole model):
+
+- overlap ``O_ij = |M_i & M_j| / |M_i | M_j|``; "all pairs" pools the counts of every
+  pair ``i < j``: ``sum |M_i & M_j| / sum |M_i | M_j|``.
+- balance: the kept share of a unit is ``kept / size``; its coefficient of variation
+  ``CV = std / mean`` (population std) is taken over the units: regions, rows (along the
+  last dim of every tensor with >= 2 dims) and full blocks of ``m`` consecutive elements
+  of the flattened tensor (``m`` the method's ``block_size``, else the n:m default).
+- kept energy ``E_i = sum (M_i * tau_i)^2 / sum tau_i^2``. For conflict-aware methods
+  ``lost_i = E_i(task i's mask without CA) - E_i(its CA mask)``: what task ``i`` gave up
+  to the tasks before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mergekit_cabs.kernels import Recipe, Sparsifier, magnitude_mask, task_masks, tensor_seed
+from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo, parameter_specs
+
+# Mask kinds: the configured method's, plain magnitude at the same densities, and (for
+# conflict-aware methods) each task's own mask with CA switched off.
+METHOD, MAGNITUDE, WITHOUT_CA = "method", "magnitude", "without_ca"
+
+_LAYER_PREFIX = re.compile(r"^(.*?\.\d+)\.")
+
+
+def region_of(tensor_name: str) -> str:
+    """The layer a tensor belongs to (``model.layers.3``), or the tensor's own name."""
+    match = _LAYER_PREFIX.match(tensor_name)
+    return match.group(1) if match else tensor_name
+
+
+def default_block_size() -> int:
+    """The n:m default ``block_size``: the blocks used for the balance of every method."""
+    nm_recipe = next(i.recipe for i in METHODS_BY_NAME.values()
+                     if i.recipe.sparsifier is Sparsifier.NM)
+    return next(p.default for p in parameter_specs(nm_recipe) if p.name == "block_size")
+
+
+def ratio(numerator: float, denominator: float) -> Optional[float]:
+    """``numerator / denominator``, None where the denominator is 0 (nothing to compare)."""
+    return float(numerator) / float(denominator) if denominator else None
+
+
+# ---- statistics of one tensor's masks (pure torch) ----
+
+def pairwise_intersections(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[k, k]`` int64 matrix of ``|M_i & M_j|`` (the diagonal is ``|M_i|``)."""
+    k = len(masks)
+    counts = torch.zeros(k, k, dtype=torch.int64)
+    for i in range(k):
+        counts[i, i] = int(masks[i].sum())
+        for j in range(i + 1, k):
+            counts[i, j] = counts[j, i] = int((masks[i] & masks[j]).sum())
+    return counts
+
+
+def kept_energies(masks: Sequence[torch.Tensor], taus: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[k]`` float64 of ``sum (M_i * tau_i)^2``."""
+    return torch.tensor([float((tau.square() * mask).sum(dtype=torch.float64))
+                         for mask, tau in zip(masks, taus)], dtype=torch.float64)
+
+
+def row_shares(mask: torch.Tensor) -> torch.Tensor:
+    """Kept share of every row (last dim) of a tensor with >= 2 dims; empty otherwise."""
+    if mask.dim() < 2 or mask.numel() == 0:
+        return torch.empty(0, dtype=torch.float64)
+    rows = mask.reshape(-1, mask.shape[-1])
+    return rows.sum(dim=1, dtype=torch.float64) / rows.shape[1]
+
+
+def block_shares(mask: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Kept share of every full block of ``block_size`` in the flattened tensor."""
+    flat = mask.reshape(-1)
+    full = (flat.numel() // block_size) * block_size
+    return flat[:full].view(-1, block_size).sum(dim=1, dtype=torch.float64) / block_size
+
+
+# ---- running sums over the model ----
+
+@dataclass
+class Moments:
+    """Count, sum and sum of squares of values: enough for their mean and spread."""
+
+    count: int = 0
+    total: float = 0.0
+    total_squares: float = 0.0
+
+    def add(self, values: torch.Tensor) -> None:
+        self.count += values.numel()
+        self.total += float(values.sum())
+        self.total_squares += float(values.square().sum())
+
+    def coefficient_of_variation(self) -> Optional[float]:
+        """``std / mean`` with the population std; None for no values or a zero mean."""
+        if not self.count or not self.total:
+            return None
+        mean = self.total / self.count
+        variance = max(self.total_squares / self.count - mean * mean, 0.0)
+        return math.sqrt(variance) / mean
+
+
+@dataclass
+class RegionTally:
+    """Sums over the tensors of one region (or the whole model) for ``k`` tasks."""
+
+    tasks: int
+    elements: int = 0
+    energy: torch.Tensor = field(init=False)  # [k] sum tau_i^2
+    shared: dict = field(default_factory=dict)  # kind -> [k, k] |M_i & M_j|
+    kept_energy: dict = field(default_factory=dict)  # kind -> [k] sum (M_i tau_i)^2
+
+    def __post_init__(self):
+        self.energy = torch.zeros(self.tasks, dtype=torch.float64)
+
+    def add_tensor(self, taus: Sequence[torch.Tensor]) -> None:
+        self.elements += taus[0].numel()
+        self.energy += torch.tensor([float(t.square().sum(dtype=torch.float64)) for t in taus],
+                                    dtype=torch.float64)
+
+    def add_masks(self, kind: str, shared: torch.Tensor, kept_energy: torch.Tensor) -> None:
+        self.shared[kind] = self.shared.get(kind, 0) + shared
+        self.kept_energy[kind] = self.kept_energy.get(kind, 0) + kept_energy
+
+    def overlap(self, kind: str, models: Sequence[str]) -> dict:
+        """Intersection over union for every pair and pooled over all pairs."""
+        shared = self.shared[kind]
+        pairs, inter_total, union_total = [], 0, 0
+        for i in range(self.tasks):
+            for j in range(i + 1, self.tasks):
+                inter = int(shared[i, j])
+                union = int(shared[i, i] + shared[j, j]) - inter
+                inter_total, union_total = inter_total + inter, union_total + union
+                pairs.append({"models": [models[i], models[j]], "overlap": ratio(inter, union)})
+        return {"all_pairs": ratio(inter_total, union_total), "pairs": pairs}
+
+    def kept_shares(self, kind: str) -> list:
+        return [ratio(int(self.shared[kind][i, i]), self.elements) for i in range(self.tasks)]
+
+    def kept_energy_shares(self, kind: str) -> list:
+        return [ratio(self.kept_energy[kind][i], self.energy[i]) for i in range(self.tasks)]
+
+    def report(self, models: Sequence[str], conflict_aware: bool) -> dict:
+        kinds = (METHOD, MAGNITUDE)
+        result = {
+            "elements": self.elements,
+            "overlap": {kind: self.overlap(kind, models) for kind in kinds},
+            "kept_share": {kind: self.kept_shares(kind) for kind in kinds},
+            "kept_energy": {kind: self.kept_energy_shares(kind) for kind in kinds},
+        }
+        if conflict_aware:
+            own = self.kept_energy_shares(WITHOUT_CA)
+            result["kept_energy"][WITHOUT_CA] = own
+            result["lost_to_ca"] = [None if a is None or b is None else a - b
+                                    for a, b in zip(own, result["kept_energy"][METHOD])]
+        return result
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One tensor of the merge as MergeKit planned it."""
+
+    name: str
+    inputs: Any  # mergekit.io.tasks.GatherTensors
+    base: Any
+    tasks: tuple
+    densities: tuple
+    block_size: Optional[int]
+
+
+class MaskStatistics:
+    """Accumulates every statistic of the report, one tensor at a time."""
+
+    def __init__(self, recipe: Recipe, models: Sequence[str], balance_block_size: int):
+        self.recipe = recipe
+        self.models = list(models)
+        self.balance_block_size = balance_block_size
+        self.total = RegionTally(len(models))
+        self.regions: dict[str, RegionTally] = {}
+        self.balance = {kind: [{"rows": Moments(), "blocks": Moments()} for _ in models]
+                        for kind in (METHOD, MAGNITUDE)}
+
+    def kinds(self) -> tuple[str, ...]:
+        return (METHOD, MAGNITUDE, WITHOUT_CA) if self.recipe.conflict_aware else (METHOD, MAGNITUDE)
+
+    def masks(self, kind: str, taus: Sequence[torch.Tensor], densities: Sequence[float],
+              block_size: Optional[int], seeds: Sequence[int]) -> list[torch.Tensor]:
+        """The masks of one kind, from the kernels the merge uses."""
+        if kind == MAGNITUDE:
+            return [magnitude_mask(t, d) for t, d in zip(taus, densities)]
+        recipe = self.recipe
+        if kind == WITHOUT_CA:
+            recipe = dataclasses.replace(recipe, conflict_aware=False)
+        return task_masks(recipe, taus, densities, block_size or 1, seeds)
+
+    def add(self, name: str, taus: Sequence[torch.Tensor], densities: Sequence[float],
+            block_size: Optional[int], seeds: Sequence[int]) -> None:
+        region = self.regions.setdefault(region_of(name), RegionTally(len(self.models)))
+        for tally in (region, self.total):
+            tally.add_tensor(taus)
+        for kind in self.kinds():
+            # One kind at a time: k masks in memory, not 3k.
+            masks = self.masks(kind, taus, densities, block_size, seeds)
+            shared, energy = pairwise_intersections(masks), kept_energies(masks, taus)
+            for tally in (region, self.total):
+                tally.add_masks(kind, shared, energy)
+            if kind in self.balance:
+                for moments, mask in zip(self.balance[kind], masks):
+                    moments["rows"].add(row_shares(mask))
+                    moments["blocks"].add(block_shares(mask, self.balance_block_size))
+            del masks
+
+    def balance_report(self) -> dict:
+        """CV of kept shares across regions, rows and blocks, per task, per mask kind."""
+        report = {}
+        for kind, per_task in self.balance.items():
+            rows = []
+            for index, moments in enumerate(per_task):
+                across_regions = Moments()
+                across_regions.add(torch.tensor(
+                    [float(t.shared[kind][index, index]) / t.elements
+                     for t in self.regions.values() if t.elements], dtype=torch.float64))
+                rows.append({"model": self.models[index],
+                             "layers": across_regions.coefficient_of_variation(),
+                             "rows": moments["rows"].coefficient_of_variation(),
+                             "blocks": moments["blocks"].coefficient_of_variation()})
+            report[kind] = rows
+        return report
+
+    def report(self) -> dict:
+        ca = self.recipe.conflict_aware
+        return {
+            "overall": self.total.report(self.models, ca),
+            "layers": [{"name": name, **tally.report(self.models, ca)}
+                       for name, tally in self.regions.items()],
+            "balance": self.balance_report(),
+        }
+
+
+# ---- MergeKit: plan the merge, load one tensor group at a time ----
+
+def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
+    """The ``MergeConfiguration`` of a mergekit-yaml file and its method (ours only)."""
+    import yaml
+    from mergekit.config import MergeConfiguration
+
+    import mergekit_cabs  # noqa: F401 - registers the methods
+
+    config = MergeConfiguration.model_validate(yaml.safe_load(Path(config_path).read_text()))
+    info = METHODS_BY_NAME.get(config.merge_method)
+    if info is None:
+        raise ValueError(
+            f"{config_path}: merge_method {config.merge_method!r} is not one of this "
+            f"package's methods ({', '.join(METHODS_BY_NAME)}); inspect computes their "
+            "masks. Set merge_method to one of them."
+        )
+    return config, info
+
+
+def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
+    """MergeKit's plan of the merge, reduced to what each tensor's masks need."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.io.tasks import GatherTensors, LoaderCache, SaveTensor
+    from mergekit.merge import _model_out_config
+    from mergekit.plan import MergePlanner
+
+    arch_info = get_architecture_info(config, options)
+    out_config = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
+    cache = LoaderCache()
+    cache.setup(options=options)
+    for model in config.referenced_models():  # the planning checks read opened models only
+        cache.get(model)
+    planner = MergePlanner(config.model_copy(deep=True), arch_info, options=options,
+                           out_model_config=out_config)
+    # The plan run_merge executes; nothing is written unless its tasks run. (MergeKit
+    # 0.1.5's plan_in_memory fails: pydantic cannot validate its abstract task field.)
+    planned = planner.plan_to_disk(out_path=os.devnull)
+    jobs = []
+    for task in (p.tensor_task for p in planned if isinstance(p, SaveTensor)):
+        inputs = task.gather_tensors
+        if not isinstance(inputs, GatherTensors):  # a vocabulary step wraps the loads
+            inputs = inputs.gather_tensors
+        tasks = tuple(m for m in task.model_order if m != task.base_model)
+        shared = dict(task.parameters.items())
+        jobs.append(TensorJob(
+            name=task.output_weight.name,
+            inputs=inputs,
+            base=task.base_model,
+            tasks=tasks,
+            densities=tuple(task.input_parameters[m]["density"] for m in tasks),
+            block_size=shared.get("block_size"),
+        ))
+    return jobs
+
+
+def load_tensor_group(inputs: Any) -> dict:
+    """One tensor of every model, read by MergeKit's loader (names, aliases, dtype)."""
+    loaded = {key: load.execute() for key, load in inputs.arguments().items()}
+    return inputs.execute(**loaded)
+
+
+def unmap_safetensors_shards() -> None:
+    """Close the memory-mapped safetensors shards MergeKit's loaders keep open.
+
+    Every page read through an open mapping counts as resident until it is closed, so a
+    7B shard would add gigabytes to the peak; reopening costs a header read. Pickled
+    shards stay open: reopening one reads it whole.
+    """
+    from mergekit.io.tasks import LoaderCache
+
+    for loader in LoaderCache().loaders.values():
+        if loader.index.is_safetensors:
+            loader.flush()
+
+
+def inspect_config(
+    config_path: str | Path,
+    out_dir: str | Path,
+    *,
+    random_seed: Optional[int] = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Compute the report of a merge config, write ``report.json`` (and figures) to ``out_dir``.
+
+    ``random_seed`` must be the merge's ``--random-seed`` for the DARE variants' masks to
+    be the merge's (default: torch's initial seed, as the merge uses without the flag).
+    """
+    from mergekit.options import MergeOptions
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    config, info = load_config(config_path)
+    jobs = plan_tensor_jobs(config, MergeOptions(device=device))
+    task_order = jobs[0].tasks if jobs else ()
+    for job in jobs:
+        if job.tasks != task_order:
+            raise ValueError(
+                f"{config_path}: tensor {job.name} merges models {[str(m) for m in job.tasks]} "
+                f"but the first tensor {[str(m) for m in task_order]}; inspect compares the "
+                "same fine-tuned models everywhere. Use one `models:` list."
+            )
+    seed = torch.initial_seed() if random_seed is None else random_seed
+    balance_block_size = next((j.block_size for j in jobs if j.block_size), default_block_size())
+    statistics = MaskStatistics(info.recipe, [str(m) for m in task_order], balance_block_size)
+    skipped = []
+    for job in tqdm(jobs, desc="Inspecting masks", unit="tensor", disable=not progress):
+        tensors = load_tensor_group(job.inputs)
+        unmap_safetensors_shards()
+        present = [tensors.get(m) for m in (job.base, *job.tasks)]
+        if any(t is None or not t.is_floating_point() for t in present):
+            skipped.append(job.name)  # a missing optional weight, or an integer buffer
+            continue
+        base = present[0].to(device=device, dtype=torch.float32)
+        taus = [t.to(device=device, dtype=torch.float32) - base for t in present[1:]]
+        del tensors, present, base
+        seeds = [tensor_seed(seed, job.name, i) for i in range(len(taus))]
+        statistics.add(job.name, taus, job.densities, job.block_size, seeds)
+        del taus
+    if not statistics.total.elements:
+        raise ValueError(f"{config_path}: no floating-point tensor is present in the base and "
+                         "every fine-tuned model; check the models' paths and files.")
+    report = {
+        "config": str(config_path),
+        "merge_method": info.name,
+        "method": info.pretty_name,
+        "paper_row": info.paper_row,
+        "recipe": {"sparsifier": info.recipe.sparsifier.value,
+                   "conflict_aware": info.recipe.conflict_aware,
+                   "combine": info.recipe.combine.value},
+        "base_model": str(config.base_model),
+        "models": statistics.models,
+        "random_seed": seed,
+        "balance_block_size": balance_block_size,
+        "tensors": len(jobs) - len(skipped),
+        "skipped_tensors": skipped,
+        **statistics.report(),
+    }
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# ---- presentation ----
+
+def _short(model: str, index: int) -> str:
+    return f"#{index + 1} {Path(model).name or model}"
+
+
+def _cell(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(report: dict) -> str:
+    """The report's overall numbers as a compact text table."""
+    models = report["models"]
+    overall = report["overall"]
+    lines = [f"{report['merge_method']} ({report['method']}): {len(models)} models, "
+             f"{report['tensors']} tensors, {overall['elements']:,} elements per model, "
+             f"{report['seconds']:.1f} s", "",
+             f"{'overlap (intersection / union)':<44}{'method':>9}{'magnitude':>11}"]
+    method, magnitude = overall["overlap"][METHOD], overall["overlap"][MAGNITUDE]
+    lines.append(f"{'  all pairs':<44}{_cell(method['all_pairs']):>9}"
+                 f"{_cell(magnitude['all_pairs']):>11}")
+    for pair_m, pair_g in zip(method["pairs"], magnitude["pairs"]):
+        a, b = (_short(m, models.index(m)) for m in pair_m["models"])
+        lines.append(f"  {a} & {b}"[:43].ljust(44) + f"{_cell(pair_m['overlap']):>9}"
+                     f"{_cell(pair_g['overlap']):>11}")
+    ca = report["recipe"]["conflict_aware"]
+    lines += ["", f"{'model':<24}{'kept':>7}{'energy':>8}"
+              + (f"{'no-CA':>8}{'lost':>8}" if ca else "")
+              + f"{'CV layers':>12}{'CV rows':>12}{'CV blocks':>12}"]
+    balance = report["balance"]
+    for i, model in enumerate(models):
+        row = (f"{_short(model, i)[:23]:<24}{_cell(overall['kept_share'][METHOD][i]):>7}"
+               f"{_cell(overall['kept_energy'][METHOD][i]):>8}")
+        if ca:
+            row += (f"{_cell(overall['kept_energy'][WITHOUT_CA][i]):>8}"
+                    f"{_cell(overall['lost_to_ca'][i]):>8}")
+        for unit in ("layers", "rows", "blocks"):
+            row += (f"{_cell(balance[METHOD][i][unit], 2):>6}|"
+                    f"{_cell(balance[MAGNITUDE][i][unit], 2):<5}")
+        lines.append(row)
+    lines.append("(kept = kept share; energy = kept energy share; CV = method|magnitude; "
+                 f"blocks of {report['balance_block_size']})")
+    return "\n".join(lines)
+
+
+def write_figures(report: dict, out_dir: str | Path) -> Optional[list[Path]]:
+    """PNG plots of overlap and kept energy per layer; None if matplotlib is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    out = Path(out_dir)
+    layers = report["layers"]
+    names = [layer["name"] for layer in layers]
+    positions = list(range(len(names)))
+
+    def new_axes(title: str, ylabel: str):
+        figure = Figure(figsize=(max(6.0, 0.3 * len(names) + 3), 4.2), layout="constrained")
+        axes = figure.add_subplot()
+        axes.set_title(title, fontsize=10)
+        axes.set_ylabel(ylabel)
+        axes.set_xticks(positions, names, rotation=60, ha="right", fontsize=7)
+        axes.grid(alpha=0.3)
+        return figure, axes
+
+    def series(values):
+        return [math.nan if v is None else v for v in values]
+
+    figure, axes = new_axes(f"{report['merge_method']}: overlap of kept positions, all pairs",
+                            "intersection / union")
+    for kind, label, style in ((METHOD, report["merge_method"], "o-"),
+                               (MAGNITUDE, "magnitude, same densities", "s--")):
+        axes.plot(positions, series(l["overlap"][kind]["all_pairs"] for l in layers), style,
+                  label=label)
+    axes.set_ylim(bottom=-0.02)  # keeps a line at exactly 0 (disjoint masks) visible
+    axes.legend(fontsize=8)
+    overlap_path = out / "overlap_per_layer.png"
+    figure.savefig(overlap_path, dpi=120)
+
+    figure, axes = new_axes(f"{report['merge_method']}: kept energy per task",
+                            "||M·τ||² / ||τ||²")
+    ca = report["recipe"]["conflict_aware"]
+    for i, model in enumerate(report["models"]):
+        line, = axes.plot(positions, series(l["kept_energy"][METHOD][i] for l in layers), "o-",
+                          label=_short(model, i))
+        if ca:
+            axes.plot(positions, series(l["kept_energy"][WITHOUT_CA][i] for l in layers), ":",
+                      color=line.get_color(), label=f"{_short(model, i)} without CA")
+    axes.set_ylim(0, 1)
+    axes.legend(fontsize=7)
+    energy_path = out / "kept_energy_per_layer.png"
+    figure.savefig(energy_path, dpi=120)
+    return [overlap_path, energy_path]

@@ -1,0 +1,196 @@
+"""The model card of a merge with our methods: MergeKit's card plus tags, what was done,
+papers and BibTeX; MergeKit's own methods keep MergeKit's card; offline merges of relative
+``models/base`` paths do not crash."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from conftest import MERGEKIT_YAML
+from mergekit.config import MergeConfiguration
+
+import mergekit_cabs  # noqa: F401 - registers the methods
+from mergekit_cabs import card as card_module
+from mergekit_cabs.methods import METHODS_BY_NAME
+
+WEIGHTS = [1.2, 0.9, 1.1]
+DENSITIES = [0.25, 0.3, 0.4]  # n:m at block_size 20: 5:20, 6:20, 8:20
+RELATIVE_MODELS = ["models/finetuned_1", "models/finetuned_2", "models/finetuned_3"]
+
+
+def config_dict(method, base, models, shared=None, densities=DENSITIES):
+    return {
+        "merge_method": method,
+        "base_model": base,
+        "models": [{"model": m, "parameters": {"weight": w, "density": d}}
+                   for m, w, d in zip(models, WEIGHTS, densities)],
+        "parameters": shared or {},
+        "dtype": "float32",
+    }
+
+
+def card_in_process(config):
+    """The card MergeKit's run_merge would write, through the (hooked) name it calls."""
+    import mergekit.merge
+
+    card_module.install_card_hook()
+    text = yaml.safe_dump(config, sort_keys=False)
+    return mergekit.merge.generate_card(
+        config=MergeConfiguration.model_validate(config), config_yaml=text, name="merged")
+
+
+@pytest.fixture(scope="module")
+def relative_path_merge(tiny_family, tmp_path_factory):
+    """Plain mergekit-yaml, offline, cabs_ties over `models/...` paths relative to its cwd."""
+    base, _ = tiny_family
+    work = tmp_path_factory.mktemp("relative")
+    (work / "models").symlink_to(Path(base).parent, target_is_directory=True)
+    config = config_dict("cabs_ties", "models/base", RELATIVE_MODELS,
+                         {"block_size": 20, "lambda": 0.9, "normalize": True})
+    (work / "cabs_ties.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = subprocess.run(
+        [MERGEKIT_YAML, "cabs_ties.yml", "merged", "--no-copy-tokenizer", "--quiet"],
+        cwd=work, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    return result, work / "merged" / "README.md", config
+
+
+@pytest.fixture(scope="module")
+def merged_card(relative_path_merge):
+    result, readme, _ = relative_path_merge
+    assert result.returncode == 0, result.stderr[-3000:]
+    return ModelCard.load(readme)
+
+
+def test_relative_local_paths_merge_offline(relative_path_merge):
+    result, readme, _ = relative_path_merge
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OfflineModeIsEnabled" not in result.stderr
+    assert readme.read_text().startswith("---\n")
+
+
+def test_card_adds_our_tags_to_mergekits(merged_card):
+    assert merged_card.data.tags == ["mergekit", "merge", "cabs", "model-merging",
+                                     "task-arithmetic"]
+    assert merged_card.data.library_name == "transformers"
+
+
+def test_local_models_are_not_listed_as_hub_base_models(merged_card):
+    assert not merged_card.data.base_model
+
+
+def test_card_keeps_mergekits_models_list_and_yaml(merged_card, relative_path_merge):
+    _, _, config = relative_path_merge
+    text = merged_card.text
+    assert "using models/base as a base" in text
+    for model in RELATIVE_MODELS:
+        assert f"* {model}\n" in text
+    assert yaml.safe_dump(config, sort_keys=False) in text
+
+
+def test_card_names_method_with_cabs_and_ties_paper_links(merged_card):
+    text = merged_card.text
+    assert "[CABS with TIES](https://arxiv.org/abs/2503.01874) merge method" in text
+    assert "the row \"TIES + CABS\"" in text
+    assert "(https://arxiv.org/abs/2306.01708)" in text
+    assert "2311.03099" not in text  # no DARE part in cabs_ties
+
+
+def test_card_states_each_models_weight_density_and_nm_in_merge_order(merged_card):
+    text = merged_card.text
+    clauses = [f"`{m}` (weight {w:g}, density {d:g} → {n}:20)"
+               for m, w, d, n in zip(RELATIVE_MODELS, WEIGHTS, DENSITIES, (5, 6, 8))]
+    positions = [text.index(c) for c in clauses]
+    assert positions == sorted(positions)
+    assert "conflict-aware, in the order the models are listed" in text
+    assert "densities sum to 0.95 ≤ 1, so the kept positions of different models are disjoint" in text
+
+
+def test_card_states_combine_rule_lambda_and_normalize(merged_card):
+    text = merged_card.text
+    assert "combined TIES-style" in text
+    assert "divided by the sum of the agreeing models' weights (`normalize: true`)" in text
+    assert "scaled by λ = 0.9" in text
+
+
+def test_card_ends_with_bibtex_of_cabs_and_ties(merged_card):
+    text = merged_card.text.rstrip()
+    citation = text[text.index("## Citation"):]
+    assert citation.endswith("}\n```")
+    assert "@inproceedings{yang2025cabs," in citation
+    assert "@inproceedings{yadav2023ties," in citation
+    assert "@inproceedings{yu2024dare," not in citation
+
+
+def test_hub_ids_are_listed_as_base_models_and_linked():
+    config = config_dict("cabs", "mistralai/Mistral-7B-v0.1",
+                         ["PetroGPT/WestSeverus-7B-DPO-v2", "BarryFutureman/WildMarcoroni-Variant1-7B"],
+                         {"block_size": 256})
+    card = ModelCard(card_in_process(config))
+    assert sorted(card.data.base_model) == sorted(
+        ["mistralai/Mistral-7B-v0.1", "PetroGPT/WestSeverus-7B-DPO-v2",
+         "BarryFutureman/WildMarcoroni-Variant1-7B"])
+    assert "[mistralai/Mistral-7B-v0.1](https://huggingface.co/mistralai/Mistral-7B-v0.1)" in card.text
+    assert "(weight 1.2, density 0.25 → 64:256)" in card.text
+
+
+def test_dare_variant_cites_dare_and_states_rescale():
+    config = config_dict("ca_dare_linear", "/m/base", ["/m/a", "/m/b"], densities=[0.6, 0.6])
+    card = ModelCard(card_in_process(config))
+    assert "(https://arxiv.org/abs/2311.03099)" in card.text
+    assert "@inproceedings{yu2024dare," in card.text
+    assert "rescaled by 1/density" in card.text
+    assert "densities sum to 1.2 > 1" in card.text
+
+
+def test_gradient_parameter_is_reported_as_varying_by_tensor():
+    config = config_dict("nm_linear", "/m/base", ["/m/a"], {"block_size": 16})
+    config["models"][0]["parameters"]["density"] = [0.25, 0.5]
+    card = ModelCard(card_in_process(config))
+    assert "`/m/a` (weight 1.2, density varies by tensor)" in card.text
+    assert "independently for each model" in card.text
+
+
+def test_builtin_method_card_is_mergekits_unchanged():
+    from mergekit.card import generate_card as mergekit_generate_card
+
+    config = config_dict("task_arithmetic", "/m/base", ["/m/a", "/m/b"])
+    for model in config["models"]:
+        del model["parameters"]["density"]
+    text = yaml.safe_dump(config, sort_keys=False)
+    want = mergekit_generate_card(MergeConfiguration.model_validate(config), text, "merged")
+    assert card_in_process(config) == want
+
+
+def test_card_hook_wraps_once():
+    import mergekit.merge
+
+    card_module.install_card_hook()
+    hooked = mergekit.merge.generate_card
+    card_module.install_card_hook()
+    assert mergekit.merge.generate_card is hooked
+    assert not getattr(hooked.__wrapped__, "__mergekit_cabs__", False)
+
+
+def test_card_hook_leaves_an_unknown_generate_card_alone():
+    class FutureMerge:
+        @staticmethod
+        def generate_card(config, config_yaml, name, extra_sections):
+            return "future"
+
+    original = FutureMerge.generate_card
+    assert card_module._wrap_generate_card(FutureMerge) is False
+    assert FutureMerge.generate_card is original
+
+
+def test_every_method_has_a_card_paragraph():
+    for info in METHODS_BY_NAME.values():
+        config = config_dict(info.name, "/m/base", ["/m/a", "/m/b"], densities=[0.25, 0.25])
+        text = ModelCard(card_in_process(config)).text
+        assert f"`{info.name}` ({info.pretty_name}, the row \"{info.paper_row}\"" in text
+        assert "scaled by λ = 1" in text
