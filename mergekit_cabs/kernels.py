@@ -287,17 +287,19 @@ def merge_chunk(
 ) -> torch.Tensor:
     """``base + lambda * combine(s_i * w_i * M_i * tau_i)`` in float32, for one chunk.
 
-    A dropped entry of a delta is ``(s_i * w_i * tau_i) * 0``, a signed zero. For n:m,
-    ``compiled`` picks the numba kernel (same bits; ``None``: when installed and the
+    A dropped entry of a delta is ``(s_i * w_i * tau_i) * 0``, a signed zero. For n:m and
+    magnitude, ``compiled`` picks the numba kernel (same bits; ``None``: when installed and the
     tensors are CPU float32/bfloat16) or this torch code (``False``).
     """
     fast = compiled_nm_module() if compiled is not False else None
     if compiled and fast is None:
         raise RuntimeError("compiled=True needs numba: pip install 'mergekit-cabs[fast]'")
-    if recipe.sparsifier is Sparsifier.NM and fast is not None and fast.supports(base, tuned):
+    if recipe.sparsifier is not Sparsifier.RANDOM and fast is not None and fast.supports(base, tuned):
+        # Per-tensor magnitude is n:m with one block spanning the tensor.
+        m = block_size if recipe.sparsifier is Sparsifier.NM else max(base.numel(), 1)
         return fast.nm_merge_chunk(
             base, tuned, merge_scales(recipe, weights, densities), weights,
-            [keep_count(d, block_size) for d in densities], block_size, lam,
+            [keep_count(d, m) for d in densities], m, lam,
             recipe.combine is Combine.TIES, normalize, normalizer(weights), recipe.conflict_aware,
         )
     base32 = base.to(torch.float32)

@@ -1,4 +1,4 @@
-"""The numba n:m kernel gives the same bits as the torch path it replaces."""
+"""The numba kernel gives the same bits as the torch path it replaces (n:m and magnitude)."""
 
 import pytest
 import torch
@@ -7,7 +7,8 @@ from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
 
 pytest.importorskip("numba")
 
-NM_RECIPES = [Recipe(Sparsifier.NM, ca, c) for ca in (False, True) for c in Combine]
+COMPILED_RECIPES = [Recipe(s, ca, c) for s in (Sparsifier.NM, Sparsifier.MAGNITUDE)
+                    for ca in (False, True) for c in Combine]
 
 
 def inputs(shape, k, dtype, tie_heavy, seed):
@@ -24,11 +25,12 @@ def bits(t):
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t.view(torch.int32)
 
 
-@pytest.mark.parametrize("recipe", NM_RECIPES, ids=lambda r: f"ca{int(r.conflict_aware)}-{r.combine.value}")
+@pytest.mark.parametrize("recipe", COMPILED_RECIPES,
+                         ids=lambda r: f"{r.sparsifier.name}-ca{int(r.conflict_aware)}-{r.combine.value}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("tie_heavy", [False, True], ids=["smooth", "tie-heavy"])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_compiled_nm_merge_equals_torch_path_bit_for_bit(recipe, dtype, tie_heavy, normalize):
+def test_compiled_merge_equals_torch_path_bit_for_bit(recipe, dtype, tie_heavy, normalize):
     for seed, (shape, k, block_size, densities, weights) in enumerate([
         ((67, 45), 3, 64, [0.25, 0.25, 0.25], [1.2, 0.9, 1.1]),
         ((300,), 1, 16, [0.3], [1.7]),
