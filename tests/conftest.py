@@ -42,3 +42,16 @@ def run_mergekit_yaml(config_path, out_path, *flags, env=None):
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
         timeout=300,
     )
+
+
+def run_mergekit_yaml_in_process(config_path, out_path, *flags):
+    """MergeKit's `mergekit-yaml` command, called in this process: (exit code, error text).
+
+    For the many failing-config cases, where a fresh interpreter per case (~5 s) buys
+    nothing: each fails while planning, before MergeKit loads a tensor.
+    """
+    from click.testing import CliRunner
+    from mergekit.scripts.run_yaml import main
+
+    result = CliRunner().invoke(main, [str(config_path), str(out_path), "--no-copy-tokenizer", *flags])
+    return result.exit_code, f"{result.output}\n{result.exception!r}\n{result.exception}"

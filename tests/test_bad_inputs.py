@@ -1,6 +1,7 @@
-"""Bad inputs through plain `mergekit-yaml`: a clear message, a non-zero exit, no model file.
+"""Bad inputs through `mergekit-yaml`: a clear message, a non-zero exit, no model file.
 
 Each case id is a row of docs/bad-inputs.md (test_every_case_is_documented keeps them in step).
+The table runs MergeKit's command in-process; two cases also run it as a plain subprocess.
 """
 
 import math
@@ -12,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import run_mergekit_yaml, write_config
+from conftest import run_mergekit_yaml, run_mergekit_yaml_in_process, write_config
 from mergekit_cabs.tiny_models import build_tiny_family, load_state, tiny_llama_config
 
 DOCS = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
@@ -105,16 +106,31 @@ BAD = [
 ]
 
 
+def assert_nothing_written(out):
+    assert not list(out.glob("*.safetensors"))
+    assert not (out / "config.json").exists()
+
+
 @pytest.mark.parametrize("build,message", BAD)
 def test_bad_input_fails_clearly_before_writing(build, message, tiny_family, odd_models, tmp_path):
     base, models = tiny_family
     config = build(base, models, odd_models)
     (tmp_path / "c.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    code, error = run_mergekit_yaml_in_process(tmp_path / "c.yml", tmp_path / "out")
+    assert code != 0
+    assert message in error, error[-2000:]
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("case_id", ["density-rounds-to-zero", "nan-in-checkpoint"])
+def test_plain_mergekit_yaml_subprocess_reports_the_same_error(case_id, tiny_family, odd_models, tmp_path):
+    (build, message), = [p.values for p in BAD if p.id == case_id]
+    base, models = tiny_family
+    (tmp_path / "c.yml").write_text(yaml.safe_dump(build(base, models, odd_models), sort_keys=False))
     result = run_mergekit_yaml(tmp_path / "c.yml", tmp_path / "out")
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
-    assert not list(tmp_path.glob("out/*.safetensors"))
-    assert not (tmp_path / "out" / "config.json").exists()
+    assert_nothing_written(tmp_path / "out")
 
 
 def test_block_size_larger_than_a_tensor_applies_the_tail_rule(tiny_family, tmp_path):
