@@ -1,17 +1,31 @@
 """The I/O floor of a merge: read every tensor of every input, write one output of the
-base's size. No arithmetic. ``python io_floor.py OUT.safetensors BASE_DIR MODEL_DIR...``"""
+base's size, no arithmetic.
+
+    python io_floor.py OUT.safetensors BASE_DIR MODEL_DIR...
+"""
 
 import sys
+from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-out, base, *models = sys.argv[1:]
-written = {}
-for model in (base, *models):
-    with safe_open(f"{model}/model.safetensors", framework="pt") as handle:
-        for name in handle.keys():
-            tensor = handle.get_tensor(name)
-            if model == base:
-                written[name] = tensor
-save_file(written, out, metadata={"format": "pt"})
+
+def read_all(model_dir: str) -> dict:
+    """Every tensor of every safetensors shard in ``model_dir``, read into memory."""
+    tensors = {}
+    for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
+    return tensors
+
+
+def main(out: str, base: str, *models: str) -> None:
+    written = read_all(base)
+    for model in models:
+        read_all(model)  # read and dropped: a merge must read it, and keeps only its result
+    save_file(written, out, metadata={"format": "pt"})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

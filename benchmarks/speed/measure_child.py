@@ -1,17 +1,29 @@
-"""Run one command and print its wall time and peak RSS as JSON.
+"""Run one command; print its wall seconds and peak RSS as JSON on the last line of stdout.
 
-A process of its own, so that RUSAGE_CHILDREN's maximum is this command's and no other's.
+    python measure_child.py COMMAND [ARGS...]
+
+A launcher of its own because a child's ``ru_maxrss`` starts at its parent's RSS at fork:
+spawned straight from the benchmark (which has torch loaded, ~400 MiB) every run would read
+at least that. This launcher imports nothing heavy, so the floor it passes on is ~10 MiB.
+``wait4`` gives the rusage of that one child (and of whatever it waited for).
 """
 
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
 
-started = time.perf_counter()
-code = subprocess.run(sys.argv[1:]).returncode
-wall = time.perf_counter() - started
-if code:
-    sys.exit(code)
-print(json.dumps({"wall_s": wall, "peak_rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+
+def main(command: list[str]) -> int:
+    started = time.perf_counter()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    print(json.dumps({"wall_s": wall, "peak_rss_kib": usage.ru_maxrss, "returncode": process.returncode}))
+    return process.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,182 @@
+"""Kernel microbenchmark on one 4096 x 14336 bf16 tensor (a 7B MLP matrix), in-process.
+
+    python benchmarks/speed/kernels.py [--threads 2] [--rows 4096] [--repeats 5] [--device cpu|cuda]
+
+Times the masks (n:m, 3-task conflict-aware n:m, magnitude, DARE) on float32 task vectors and
+the whole fused conflict-aware merge of base + 3 bf16 fine-tunes (``merge_tensor`` with the
+``cabs`` recipe, chunked as ``mergekit-yaml`` runs it). Each row reports the best and median
+time, ns per element, GB/s of bytes moved (inputs read + outputs written, one pass), and the
+time relative to an fp32 copy measured in the same run: the memory-bandwidth reference.
+Writes JSON (and the same table as markdown next to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mergekit_cabs.kernels import (
+    compiled_nm_module,
+    conflict_aware_masks,
+    keep_count,
+    magnitude_mask,
+    merge_tensor,
+    nm_mask,
+    random_mask,
+)
+from mergekit_cabs.methods import CHUNK_ELEMENTS, METHODS_BY_NAME
+
+COLUMNS = 14336
+DENSITY, BLOCK_SIZE, TASKS = 0.25, 64, 3
+FUSED_TARGET_S = 0.5  # issue 3: fused 3-task CA merge of the full tensor on 2 threads
+COPY = "fp32 copy (bandwidth reference)"
+FUSED = "fused CA merge, 3 tasks"
+
+
+def set_threads(threads: int) -> None:
+    """Thread count for torch and, when installed, numba (the compiled kernel's pool)."""
+    torch.set_num_threads(threads)
+    if compiled_nm_module() is not None:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def synthetic_inputs(rows: int, device: str):
+    """(base, fine-tunes, float32 task vectors): bf16 like real checkpoints, 10% exact zeros
+    in every delta, and one tie-heavy task whose deltas are ~2.5 bf16 ulps of the weights."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (rows, COLUMNS)
+    base = (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
+    tuned = []
+    for scale in (2e-3, 3e-4, 2e-3)[:TASKS]:
+        delta = torch.randn(shape, generator=generator) * scale
+        delta *= torch.rand(shape, generator=generator) >= 0.1
+        tuned.append((base.float() + delta).to(torch.bfloat16).to(device))
+    base = base.to(device)
+    taus = [t.float() - base.float() for t in tuned]
+    return base, tuned, taus
+
+
+def timings(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
+    """Seconds of ``repeats`` calls after one warm-up call (JIT, allocator, caches)."""
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    fn()
+    seconds = []
+    for _ in range(repeats):
+        sync()
+        started = time.perf_counter()
+        fn()
+        sync()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object], int]]:
+    """Benchmark name -> (call, bytes moved per element: inputs read + outputs written)."""
+    n = keep_count(DENSITY, BLOCK_SIZE)
+    copy_target = torch.empty_like(taus[0])
+    cabs = METHODS_BY_NAME["cabs"].recipe
+    weights, densities = [1.0] * TASKS, [DENSITY] * TASKS
+
+    def fused(compiled=None):
+        # The call methods.py makes under mergekit-yaml (compiled=None: its default choice).
+        return lambda: merge_tensor(cabs, base, tuned, weights, densities, BLOCK_SIZE,
+                                    chunk_blocks=max(1, CHUNK_ELEMENTS // BLOCK_SIZE), compiled=compiled)
+
+    table = {
+        COPY: (lambda: copy_target.copy_(taus[0]), 4 + 4),
+        "fp32 add a + b (bandwidth reference)": (lambda: torch.add(taus[0], taus[1], out=copy_target), 3 * 4),
+        "n:m mask, 1 task": (lambda: nm_mask(taus[0], n, BLOCK_SIZE), 4 + 1),
+        f"CA n:m masks, {TASKS} tasks": (lambda: conflict_aware_masks(taus, [n] * TASKS, BLOCK_SIZE), TASKS * (4 + 1)),
+        "magnitude mask, 1 task": (lambda: magnitude_mask(taus[0], DENSITY), 4 + 1),
+        "DARE (random) mask, 1 task": (lambda: random_mask(taus[0], DENSITY, seed=1), 4 + 1),
+        f"{FUSED} (default path)": (fused(), (1 + TASKS) * 2 + 2),
+        f"{FUSED} (torch path)": (fused(compiled=False), (1 + TASKS) * 2 + 2),
+    }
+    if device == "cpu" and compiled_nm_module() is not None:
+        table[f"{FUSED} (compiled path)"] = (fused(compiled=True), (1 + TASKS) * 2 + 2)
+    return table
+
+
+def measure_all(table: dict, numel: int, repeats: int, device: str) -> dict[str, dict]:
+    """Times every case, printing each row as it completes."""
+    rows = {}
+    for name, (fn, bytes_per_element) in table.items():
+        seconds = timings(fn, repeats, device)
+        best = min(seconds)
+        rows[name] = {"best_s": best, "median_s": statistics.median(seconds),
+                      "ns_per_element": best / numel * 1e9,
+                      "gb_per_s": bytes_per_element * numel / best / 1e9,
+                      "bytes_per_element": bytes_per_element}
+        rows[name]["x_copy"] = best / rows[COPY]["best_s"]
+        print(f"{name:44s} {best:8.3f} s {rows[name]['ns_per_element']:7.2f} ns/elem "
+              f"{rows[name]['gb_per_s']:6.2f} GB/s {rows[name]['x_copy']:7.1f}x copy", flush=True)
+    return rows
+
+
+def fused_target(rows: dict, shape: tuple[int, int], threads: int, device: str):
+    """Issue 3's fused-merge target, when this run is the one it is stated for."""
+    if shape != (4096, COLUMNS) or threads != 2 or device != "cpu":
+        return None
+    seconds = rows[f"{FUSED} (default path)"]["best_s"]
+    return {"target": f"{FUSED} (default path), 4096x14336, 2 threads <= {FUSED_TARGET_S} s",
+            "seconds": seconds, "met": seconds <= FUSED_TARGET_S}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"One {result['shape'][0]}x{result['shape'][1]} tensor, {result['device']}, {result['threads']} threads, "
+             f"density {DENSITY}, block {BLOCK_SIZE}; {result['cpu']}; torch {result['torch']}. "
+             "GB/s counts inputs read + outputs written once.", "",
+             "| kernel | best s | median s | ns/element | GB/s | x fp32 copy |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {row['best_s']:.3f} | {row['median_s']:.3f} | {row['ns_per_element']:.2f} | "
+              f"{row['gb_per_s']:.2f} | {row['x_copy']:.1f} |" for name, row in result["rows"].items()]
+    if result["target"]:
+        target = result["target"]
+        lines += ["", f"Target: {target['target']}: {target['seconds']:.3f} s, {'met' if target['met'] else '**missed**'}."]
+    return "\n".join(lines) + "\n"
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=4096, help="rows of the 14336-column tensor")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels.json")
+    args = parser.parse_args(argv)
+
+    set_threads(args.threads)
+    base, tuned, taus = synthetic_inputs(args.rows, args.device)
+    shape = (args.rows, COLUMNS)
+    rows = measure_all(cases(base, tuned, taus, args.device), base.numel(), args.repeats, args.device)
+    result = {"shape": list(shape), "threads": args.threads, "device": args.device,
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+              "cpu": cpu_model(), "torch": torch.__version__, "density": DENSITY, "block_size": BLOCK_SIZE,
+              "repeats": args.repeats, "rows": rows, "target": fused_target(rows, shape, args.threads, args.device)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(result))
+    if result["target"]:
+        print(markdown(result).splitlines()[-1])
+    return result
+
+
+if __name__ == "__main__":
+    main()
