@@ -1,0 +1,170 @@
+"""Merging the fine-tuned bodies through plain ``mergekit-yaml``, and the mask statistics.
+
+Scale. Every method here computes ``base + s * D`` where ``s`` is the shared per-model
+``weight`` (or, for MergeKit's ``ties``, whose default ``normalize: true`` divides the
+weight out, the shared ``lambda``) and ``D`` does not depend on ``s``: the masks are chosen
+from the task vectors alone and the combine step is linear (TIES's sign election is
+invariant to a shared positive scale). So one merge at ``s = 1`` gives every point of the
+scale search exactly; the final model of each method is merged again through
+``mergekit-yaml`` at its chosen scale and compared with the rescaled one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mergekit_cabs.kernels import conflict_aware_masks, keep_count, magnitude_mask, nm_mask
+from mergekit_cabs.methods import METHOD_TABLE
+
+MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One row of the benchmark: a merge method at a density (None: dense)."""
+
+    method: str
+    density: Optional[float]
+    block_size: Optional[int] = None  # only for the n:m methods
+
+    @property
+    def label(self) -> str:
+        return self.method if self.density is None else f"{self.method}@{self.density:g}"
+
+    @property
+    def scale_key(self) -> str:
+        # MergeKit's ties normalizes by default (TIES's disjoint mean): the weight cancels.
+        return "lambda" if self.method == "ties" else "weight"
+
+
+MERGEKIT_SPARSE = ("ties", "dare_ties", "dare_linear")
+
+
+def method_runs(densities: Sequence[float], block_size: int) -> list[MethodRun]:
+    """Dense task arithmetic, MergeKit's sparse methods and every name of ours, per density."""
+    runs = [MethodRun("task_arithmetic", None)]
+    for density in densities:
+        runs += [MethodRun(name, density) for name in MERGEKIT_SPARSE]
+        for info in METHOD_TABLE:
+            nm = info.recipe.sparsifier.value == "n:m"
+            runs.append(MethodRun(info.name, density, block_size if nm else None))
+    return runs
+
+
+def merge_config(run: MethodRun, base: str, models: Sequence[str], scale: float) -> dict:
+    """The YAML a user would write: each model at ``density``, the scale as weight or lambda."""
+    per_model = {"weight": scale if run.scale_key == "weight" else 1.0}
+    if run.density is not None:
+        per_model["density"] = run.density
+    config = {
+        "merge_method": run.method,
+        "base_model": base,
+        "models": [{"model": m, "parameters": dict(per_model)} for m in models],
+        "dtype": "float32",
+    }
+    shared = {}
+    if run.scale_key == "lambda":
+        shared["lambda"] = scale
+    if run.block_size is not None:
+        shared["block_size"] = run.block_size
+    if shared:
+        config["parameters"] = shared
+    return config
+
+
+def run_mergekit_yaml(config: dict, workdir: Path, seed: int) -> Path:
+    """Write the config and merge it with a plain ``mergekit-yaml`` subprocess; return the output dir."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path, out = workdir / "config.yml", workdir / "merged"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [MERGEKIT_YAML, str(config_path), str(out), "--no-copy-tokenizer",
+               "--random-seed", str(seed)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"mergekit-yaml failed for {config_path}:\n{result.stderr[-3000:]}")
+    return out
+
+
+def load_body_state(path: Path) -> dict[str, torch.Tensor]:
+    state = {}
+    for shard in sorted(Path(path).glob("*.safetensors")):
+        state.update(load_file(shard))
+    return state
+
+
+def merged_delta(merged: dict, base: dict) -> dict[str, torch.Tensor]:
+    """``D = merged(s=1) - base`` for floating tensors (buffers such as ids are copied)."""
+    return {k: (v - base[k]) if v.is_floating_point() else v for k, v in merged.items()}
+
+
+def scaled_state(base: dict, delta: dict, scale: float) -> dict[str, torch.Tensor]:
+    return {k: (base[k] + scale * d) if d.is_floating_point() else d for k, d in delta.items()}
+
+
+def max_abs_difference(a: dict, b: dict) -> float:
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+# ---------------------------------------------------------------- mask overlap
+
+def task_vectors(base: dict, tuned: Sequence[dict]) -> dict[str, list[torch.Tensor]]:
+    """``tau_i`` per floating tensor name, in task order."""
+    return {
+        name: [t[name].float() - value.float() for t in tuned]
+        for name, value in base.items()
+        if value.is_floating_point()
+    }
+
+
+def mask_sets(taus: dict, kind: str, density: float, block_size: int) -> dict[str, list[torch.Tensor]]:
+    """Kept positions per tensor and task, from the package's own kernels."""
+    out = {}
+    for name, per_task in taus.items():
+        if kind == "magnitude_linear":
+            out[name] = [magnitude_mask(t, density) for t in per_task]
+        elif kind == "nm_linear":
+            out[name] = [nm_mask(t, keep_count(density, block_size), block_size) for t in per_task]
+        elif kind == "cabs":
+            n = keep_count(density, block_size)
+            out[name] = conflict_aware_masks(per_task, [n] * len(per_task), block_size)
+        else:
+            raise ValueError(kind)
+    return out
+
+
+def pairwise_overlap(masks: dict) -> float:
+    """Mean over task pairs of |M_i and M_j| / |M_i or M_j|, counted over all tensors."""
+    n_tasks = len(next(iter(masks.values())))
+    rates = []
+    for i, j in itertools.combinations(range(n_tasks), 2):
+        inter = sum(int((m[i] & m[j]).sum()) for m in masks.values())
+        union = sum(int((m[i] | m[j]).sum()) for m in masks.values())
+        rates.append(inter / union if union else 0.0)
+    return sum(rates) / len(rates)
+
+
+def overlap_rates(base: dict, tuned: Sequence[dict], densities: Sequence[float], block_size: int) -> dict:
+    """Overlap of task masks for magnitude (per tensor), n:m without CA, and CABS.
+
+    Counted over every tensor, and over the transformer layers alone: the word-embedding
+    matrix dominates the count, and each task moves only the rows of words it has seen.
+    """
+    taus = task_vectors(base, tuned)
+    scopes = {"": taus, " (encoder layers)": {k: v for k, v in taus.items() if ".layer." in k}}
+    return {
+        f"{kind}@{density:g}{scope}": pairwise_overlap(mask_sets(selected, kind, density, block_size))
+        for scope, selected in scopes.items()
+        for density in densities
+        for kind in ("magnitude_linear", "nm_linear", "cabs")
+    }

@@ -1,0 +1,149 @@
+"""Fine-tuning an encoder body per task and scoring any body with a task's own head.
+
+The sentence representation is the attention-masked mean of the last hidden states
+(mean pooling, the pooling all-MiniLM-L6-v2 was trained with); each task's head is one
+linear layer on it. BERT's pooler is unused, so its task vector is exactly zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    """Token ids of one split, sorted by length so padded batches waste little."""
+
+    input_ids: list[list[int]]
+    labels: torch.Tensor  # in the original order of the split
+    order: list[int]  # positions sorted by length; evaluation un-sorts with it
+
+
+@dataclass(frozen=True)
+class EncodedTask:
+    """A task's three splits as token ids, plus its number of classes."""
+
+    name: str
+    num_classes: int
+    train: EncodedSplit
+    val: EncodedSplit
+    test: EncodedSplit
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int = 16
+    body_lr: float = 5e-5
+    head_lr: float = 2e-3  # a fresh head needs a larger step than the pre-trained body
+    max_length: int = 64
+
+
+def encode_split(input_ids: list[list[int]], labels: Sequence[int]) -> EncodedSplit:
+    order = sorted(range(len(input_ids)), key=lambda i: (len(input_ids[i]), i))
+    return EncodedSplit(input_ids, torch.tensor(list(labels), dtype=torch.long), order)
+
+
+def encode_task(task, tokenizer, max_length: int) -> EncodedTask:
+    """Tokenize once; every later evaluation reuses the ids."""
+
+    def ids(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+    return EncodedTask(
+        task.name,
+        len(task.label_names),
+        *(encode_split(ids(texts), labels) for texts, labels in (task.train, task.val, task.test)),
+    )
+
+
+def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (pad id 0, as BERT's vocabulary) and the attention mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), width, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def mean_pool(body: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+@torch.inference_mode()
+def pooled_features(body: nn.Module, split: EncodedSplit, batch_size: int = 64) -> torch.Tensor:
+    """Mean-pooled sentence vectors of a split, in the split's original order."""
+    body.eval()
+    features = torch.empty(len(split.input_ids), body.config.hidden_size)
+    for lo in range(0, len(split.order), batch_size):
+        rows = split.order[lo : lo + batch_size]
+        ids, mask = pad_batch([split.input_ids[i] for i in rows])
+        features[rows] = mean_pool(body, ids, mask)
+    return features
+
+
+@torch.inference_mode()
+def head_accuracy(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((head(features).argmax(dim=1) == labels).float().mean())
+
+
+def evaluate_body(body: nn.Module, tasks: Sequence[EncodedTask], heads: dict, split: str) -> dict[str, float]:
+    """Accuracy of ``body`` on each task's ``split`` with that task's own head."""
+    out = {}
+    for task in tasks:
+        data = getattr(task, split)
+        out[task.name] = head_accuracy(heads[task.name], pooled_features(body, data), data.labels)
+    return out
+
+
+def fine_tune(body: nn.Module, task: EncodedTask, settings: TrainSettings, seed: int) -> nn.Linear:
+    """Fine-tune ``body`` in place with a fresh linear head; return the head.
+
+    AdamW without weight decay: decay would move every parameter, including embedding
+    rows of words the task never shows, and fill the task vector with noise.
+    """
+    torch.manual_seed(seed)
+    head = nn.Linear(body.config.hidden_size, task.num_classes)
+    optimizer = torch.optim.AdamW(
+        [{"params": body.parameters(), "lr": settings.body_lr},
+         {"params": head.parameters(), "lr": settings.head_lr}],
+        weight_decay=0.0,
+    )
+    n = len(task.train.input_ids)
+    steps = settings.epochs * math.ceil(n / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
+    generator = torch.Generator().manual_seed(seed)
+    body.train()
+    for _ in range(settings.epochs):
+        permutation = torch.randperm(n, generator=generator).tolist()
+        for lo in range(0, n, settings.batch_size):
+            rows = permutation[lo : lo + settings.batch_size]
+            ids, mask = pad_batch([task.train.input_ids[i] for i in rows])
+            loss = nn.functional.cross_entropy(head(mean_pool(body, ids, mask)), task.train.labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    body.eval()
+    return head
+
+
+def save_head(head: nn.Linear, path: Path) -> None:
+    torch.save(head.state_dict(), path)
+
+
+def load_head(path: Path) -> nn.Linear:
+    state = torch.load(path, weights_only=True)
+    head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    head.load_state_dict(state)
+    return head.eval()
