@@ -1,17 +1,17 @@
-"""The n:m merge compiled with numba: ``kernels.merge_chunk`` for the n:m sparsifier in one
-pass over memory, bit for bit.
+"""``kernels.merge_chunk`` for the n:m and magnitude sparsifiers compiled with numba, bit for bit.
 
-Optional (``pip install mergekit-cabs[fast]``). Each block of ``m`` elements is read once:
-its ``k`` task vectors are formed in float32, each task's ``n`` winners are chosen by a
-branch-free bisection of the threshold key (the same integer keys, claimed offset and
-lowest-index-first tie rule as ``kernels.block_top_mask``), and the block is combined with the
-same float32 operations in the same order as ``kernels.linear_combine`` /
-``kernels.ties_combine``. Blocks are independent, so threads split them without changing a bit.
-"""
+Optional (``pip install mergekit-cabs[fast]``). n:m: each block of ``m`` elements is read
+once, its ``k`` task vectors are formed in float32, each task's ``n`` winners are chosen by a
+bisection of the threshold key, and the block is combined; blocks are independent, so threads
+split them without changing a bit. Magnitude (one block spanning the tensor): each task's
+threshold by a parallel radix selection, ties by a prefix sum over threads, then the combine.
+Both use the integer keys, claimed offset and lowest-index-first tie rule of
+``kernels.block_top_mask`` and the float32 operations, in order, of ``kernels.linear_combine``
+/ ``kernels.ties_combine``."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numba
 import numpy as np
@@ -80,6 +80,44 @@ def _load_block(source, start, length, bf16, bits_out, floats_out):
             floats_out[j] = source[start + j]
 
 
+@njit(cache=True)
+def _load_taus(base_vals, tuned, start, length, bf16, tuned_bits, taus):
+    """``taus[:length]`` = float32 ``tuned[start:start + length] - base_vals[:length]``."""
+    tuned_vals = tuned_bits.view(np.float32)
+    _load_block(tuned, start, length, bf16, tuned_bits, tuned_vals)
+    for j in range(length):
+        taus[j] = tuned_vals[j] - base_vals[j]
+
+
+@njit(cache=True)
+def _combine(deltas, weights, ties, normalize, norm_total):
+    """``combine(deltas)`` of one position, the float32 operations of ``kernels.ties_combine``
+    (sign election, agreeing sum, optional division by the agreeing weights) or
+    ``kernels.linear_combine`` (sum, optional division by ``norm_total``) in their order."""
+    k = len(deltas)
+    if ties:
+        total = deltas[0]
+        for i in range(1, k):
+            total = total + deltas[i]
+        positive = total >= 0
+        merged = np.float32(0.0)
+        divisor = np.float32(0.0)
+        for i in range(k):
+            agree = ((deltas[i] > 0) & positive) | ((deltas[i] < 0) & (not positive))
+            agree_f = np.float32(agree)
+            merged = merged + deltas[i] * agree_f
+            divisor = divisor + agree_f * weights[i]
+        if normalize:
+            merged = merged / (np.float32(1.0) if divisor == 0 else divisor)
+        return merged
+    merged = deltas[0]
+    for i in range(1, k):
+        merged = merged + deltas[i]
+    if normalize:
+        merged = merged / norm_total
+    return merged
+
+
 @njit(parallel=True, cache=True)
 def _nm_merge(base, tuned, bf16, ns, block_size, scales, weights, lam, ties, normalize,
               norm_total, conflict_aware, n_groups, out):
@@ -91,7 +129,6 @@ def _nm_merge(base, tuned, bf16, ns, block_size, scales, weights, lam, ties, nor
         base_bits = np.empty(block_size, np.uint32)
         base_vals = base_bits.view(np.float32)
         tuned_bits = np.empty(block_size, np.uint32)
-        tuned_vals = tuned_bits.view(np.float32)
         taus = np.empty((k, block_size), np.float32)
         tau_bits = taus.view(np.int32)
         keys = np.empty(block_size, np.uint32)
@@ -105,9 +142,7 @@ def _nm_merge(base, tuned, bf16, ns, block_size, scales, weights, lam, ties, nor
             length = min(block_size, numel - start)
             _load_block(base, start, length, bf16, base_bits, base_vals)
             for i in range(k):
-                _load_block(tuned[i], start, length, bf16, tuned_bits, tuned_vals)
-                for j in range(length):
-                    taus[i, j] = tuned_vals[j] - base_vals[j]
+                _load_taus(base_vals, tuned[i], start, length, bf16, tuned_bits, taus[i])
             claimed[:length] = False
             for i in range(k):
                 quota = ns[i]
@@ -126,27 +161,107 @@ def _nm_merge(base, tuned, bf16, ns, block_size, scales, weights, lam, ties, nor
             for j in range(length):
                 for i in range(k):
                     deltas[i] = (taus[i, j] * scales[i]) * np.float32(1.0 if keep[i, j] else 0.0)
-                if ties:
-                    total = deltas[0]
-                    for i in range(1, k):
-                        total = total + deltas[i]
-                    positive = total >= 0
-                    merged = np.float32(0.0)
-                    divisor = np.float32(0.0)
-                    for i in range(k):
-                        agree = ((deltas[i] > 0) & positive) | ((deltas[i] < 0) & (not positive))
-                        agree_f = np.float32(agree)
-                        merged = merged + deltas[i] * agree_f
-                        divisor = divisor + agree_f * weights[i]
-                    if normalize:
-                        merged = merged / (np.float32(1.0) if divisor == 0 else divisor)
-                else:
-                    merged = deltas[0]
-                    for i in range(1, k):
-                        merged = merged + deltas[i]
-                    if normalize:
-                        merged = merged / norm_total
-                out[start + j] = base_vals[j] + lam * merged
+                out[start + j] = base_vals[j] + lam * _combine(deltas, weights, ties, normalize, norm_total)
+
+
+_TILE = 4096
+
+
+@njit(cache=True)
+def _group_span(group, n_groups, numel):
+    """Element range of one thread group: whole tiles, contiguous, in group order."""
+    n_tiles = (numel + _TILE - 1) // _TILE
+    return (group * n_tiles // n_groups) * _TILE, min(((group + 1) * n_tiles // n_groups) * _TILE, numel)
+
+
+@njit(cache=True)
+def _from_top(histogram, quota):
+    """The bin holding the ``quota``-th largest entry, and how many entries lie above it."""
+    above = 0
+    for b in range(histogram.shape[0] - 1, -1, -1):
+        if above + histogram[b] >= quota:
+            return b, above
+        above += histogram[b]
+    return 0, above
+
+
+@njit(parallel=True, cache=True)
+def _magnitude_merge(base, tuned, bf16, quotas, scales, weights, lam, ties, normalize,
+                     norm_total, conflict_aware, n_groups, out):
+    """Per-tensor masks (one block spanning the flat tensor), then the combine.
+
+    Task ``i``'s threshold, its ``quotas[i]``-th largest key, comes from a radix selection on
+    16 + 16 bits (two histogram passes split over threads); the lowest-index-first rule
+    among keys equal to it, from a prefix sum of per-group tie counts. Same masks as
+    ``kernels.block_top_mask`` with one block, in a few O(numel) passes per task, with no
+    float32 copy of a task vector kept."""
+    numel = base.shape[0]
+    k = len(tuned)
+    offset = np.uint32(_CLAIMED_OFFSET)
+    keys = np.empty(numel, np.uint32)
+    keep = np.empty((k, numel), np.bool_)
+    claimed = np.zeros(numel, np.bool_)
+    histograms = np.empty((n_groups, 1 << 16), np.int64)
+    ties_before = np.zeros(n_groups + 1, np.int64)
+    for i in range(k):
+        quota = quotas[i]
+        histograms[:] = 0
+        for group in prange(n_groups):
+            base_bits = np.empty(_TILE, np.uint32)
+            tuned_bits = np.empty(_TILE, np.uint32)
+            taus = np.empty(_TILE, np.float32)
+            tau_bits = taus.view(np.int32)
+            first, stop = _group_span(group, n_groups, numel)
+            for start in range(first, stop, _TILE):
+                length = min(_TILE, stop - start)
+                _load_block(base, start, length, bf16, base_bits, base_bits.view(np.float32))
+                _load_taus(base_bits.view(np.float32), tuned[i], start, length, bf16, tuned_bits, taus)
+                for j in range(length):
+                    free = not (conflict_aware and claimed[start + j])
+                    key = np.uint32(tau_bits[j] & 0x7FFFFFFF) + np.uint32(free) * offset
+                    keys[start + j] = key
+                    histograms[group, key >> np.uint32(16)] += 1
+        high, above = _from_top(histograms.sum(axis=0), quota)
+        histograms[:] = 0
+        for group in prange(n_groups):
+            first, stop = _group_span(group, n_groups, numel)
+            for j in range(first, stop):
+                if keys[j] >> np.uint32(16) == high:
+                    histograms[group, keys[j] & np.uint32(0xFFFF)] += 1
+        low, above_low = _from_top(histograms.sum(axis=0), quota - above)
+        threshold = (np.uint32(high) << np.uint32(16)) | np.uint32(low)
+        room = quota - above - above_low
+        # _select_top's edge cases: keep none, or every non-zero entry.
+        something, everything = quota > 0, quota >= numel
+        for group in range(n_groups):  # each group's keys equal to the threshold: its bin `low`
+            ties_before[group + 1] = ties_before[group] + histograms[group, low]
+        for group in prange(n_groups):
+            first, stop = _group_span(group, n_groups, numel)
+            seen = ties_before[group]
+            for j in range(first, stop):
+                key = keys[j]
+                tie = key == threshold
+                seen += tie
+                chosen = everything | ((key > threshold) | (tie & (seen <= room)))
+                kept = chosen & something & (key != 0) & (key != offset)
+                keep[i, j] = kept
+                claimed[j] |= kept
+    for group in prange(n_groups):
+        base_bits = np.empty(_TILE, np.uint32)
+        tuned_bits = np.empty(_TILE, np.uint32)
+        taus = np.empty((k, _TILE), np.float32)
+        deltas = np.empty(k, np.float32)
+        first, stop = _group_span(group, n_groups, numel)
+        for start in range(first, stop, _TILE):
+            length = min(_TILE, stop - start)
+            base_vals = base_bits.view(np.float32)
+            _load_block(base, start, length, bf16, base_bits, base_vals)
+            for i in range(k):
+                _load_taus(base_vals, tuned[i], start, length, bf16, tuned_bits, taus[i])
+            for j in range(length):
+                for i in range(k):
+                    deltas[i] = (taus[i, j] * scales[i]) * np.float32(1.0 if keep[i, start + j] else 0.0)
+                out[start + j] = base_vals[j] + lam * _combine(deltas, weights, ties, normalize, norm_total)
 
 
 def supports(base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> bool:
@@ -163,28 +278,31 @@ def _as_array(tensor: torch.Tensor) -> np.ndarray:
     return flat.numpy()
 
 
-def nm_merge_chunk(
+def compiled_merge_chunk(
     base: torch.Tensor,
     tuned: Sequence[torch.Tensor],
     scales: Sequence[float],
     weights: Sequence[float],
     ns: Sequence[int],
-    block_size: int,
+    block_size: Optional[int],
     lam: float,
     ties: bool,
     normalize: bool,
     norm_total: float,
     conflict_aware: bool,
 ) -> torch.Tensor:
-    """Float32 result of the n:m merge of one flat chunk (see ``kernels.merge_chunk``)."""
+    """Float32 result of the merge of one flat chunk (see ``kernels.merge_chunk``): task ``i``
+    keeps ``ns[i]`` of every block of ``block_size``, or of the whole chunk if ``None``."""
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
-    n_blocks = -(-base.numel() // block_size)
-    out = np.empty(base.numel(), np.float32)
-    _nm_merge(
-        _as_array(base), tuple(_as_array(t) for t in tuned), base.dtype == torch.bfloat16,
-        np.asarray(ns, np.int64), block_size, np.asarray(scales, np.float32),
-        np.asarray(weights, np.float32), np.float32(lam), ties, normalize,
-        np.float32(norm_total), conflict_aware, min(n_blocks, 16 * threads), out,
-    )
+    numel = base.numel()
+    args = (_as_array(base), tuple(_as_array(t) for t in tuned), base.dtype == torch.bfloat16,
+            np.asarray(ns, np.int64))
+    combine = (np.asarray(scales, np.float32), np.asarray(weights, np.float32), np.float32(lam),
+               ties, normalize, np.float32(norm_total), conflict_aware)
+    out = np.empty(numel, np.float32)
+    if block_size is None:
+        _magnitude_merge(*args, *combine, max(1, min(-(-numel // _TILE), 16 * threads)), out)
+    else:
+        _nm_merge(*args, block_size, *combine, min(-(-numel // block_size), 16 * threads), out)
     return torch.from_numpy(out)

@@ -296,10 +296,10 @@ def merge_chunk(
         raise RuntimeError("compiled=True needs numba: pip install 'mergekit-cabs[fast]'")
     if recipe.sparsifier is not Sparsifier.RANDOM and fast is not None and fast.supports(base, tuned):
         # Per-tensor magnitude is n:m with one block spanning the tensor.
-        m = block_size if recipe.sparsifier is Sparsifier.NM else max(base.numel(), 1)
-        return fast.nm_merge_chunk(
+        m = block_size if recipe.sparsifier is Sparsifier.NM else None
+        return fast.compiled_merge_chunk(
             base, tuned, merge_scales(recipe, weights, densities), weights,
-            [keep_count(d, m) for d in densities], m, lam,
+            [keep_count(d, m or max(base.numel(), 1)) for d in densities], m, lam,
             recipe.combine is Combine.TIES, normalize, normalizer(weights), recipe.conflict_aware,
         )
     base32 = base.to(torch.float32)

@@ -36,6 +36,8 @@ def test_compiled_merge_equals_torch_path_bit_for_bit(recipe, dtype, tie_heavy, 
         ((300,), 1, 16, [0.3], [1.7]),
         ((13, 31), 5, 8, [0.5, 0.4, 0.3, 0.2, 0.1], [1.0, 0.5, 1.5, 1.0, 2.0]),
         ((9, 100), 2, 256, [0.6, 0.7], [1.0, -0.5]),
+        # 15 tiles: magnitude's threads split the tensor, so ties straddle their boundaries
+        ((300, 200), 3, 64, [0.25, 0.3, 0.2], [1.0, 1.0, 0.7]),
     ]):
         base, tuned = inputs(shape, k, dtype, tie_heavy, seed)
         args = (recipe, base, tuned, weights, densities, block_size, 0.8, normalize)

@@ -37,6 +37,7 @@ DENSITY, BLOCK_SIZE, TASKS = 0.25, 64, 3
 FUSED_TARGET_S = 0.5  # issue 3: fused 3-task CA merge of the full tensor on 2 threads
 COPY = "fp32 copy (bandwidth reference)"
 FUSED = "fused CA merge, 3 tasks"
+FUSED_MAGNITUDE = "fused CA magnitude merge, 3 tasks"
 
 
 def set_threads(threads: int) -> None:
@@ -86,12 +87,12 @@ def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object
     """Benchmark name -> (call, bytes moved per element: inputs read + outputs written)."""
     n = keep_count(DENSITY, BLOCK_SIZE)
     copy_target = torch.empty_like(taus[0])
-    cabs = METHODS_BY_NAME["cabs"].recipe
     weights, densities = [1.0] * TASKS, [DENSITY] * TASKS
 
-    def fused(compiled=None):
+    def fused(compiled=None, method="cabs"):
         # The call methods.py makes under mergekit-yaml (compiled=None: its default choice).
-        return lambda: merge_tensor(cabs, base, tuned, weights, densities, BLOCK_SIZE,
+        recipe = METHODS_BY_NAME[method].recipe
+        return lambda: merge_tensor(recipe, base, tuned, weights, densities, BLOCK_SIZE,
                                     chunk_blocks=max(1, CHUNK_ELEMENTS // BLOCK_SIZE), compiled=compiled)
 
     table = {
@@ -103,6 +104,8 @@ def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object
         "DARE (random) mask, 1 task": (lambda: random_mask(taus[0], DENSITY, seed=1), 4 + 1),
         f"{FUSED} (default path)": (fused(), (1 + TASKS) * 2 + 2),
         f"{FUSED} (torch path)": (fused(compiled=False), (1 + TASKS) * 2 + 2),
+        f"{FUSED_MAGNITUDE} (default path)": (fused(method="ca_magnitude_linear"), (1 + TASKS) * 2 + 2),
+        f"{FUSED_MAGNITUDE} (torch path)": (fused(False, "ca_magnitude_linear"), (1 + TASKS) * 2 + 2),
     }
     if device == "cpu" and compiled_nm_module() is not None:
         table[f"{FUSED} (compiled path)"] = (fused(compiled=True), (1 + TASKS) * 2 + 2)
