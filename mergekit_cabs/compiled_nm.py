@@ -1,10 +1,11 @@
-"""``kernels.merge_chunk`` for the n:m and magnitude sparsifiers compiled with numba, bit for bit.
+"""``kernels.merge_chunk`` compiled with numba, bit for bit.
 
 Optional (``pip install mergekit-cabs[fast]``). n:m: each block of ``m`` elements is read
 once, its ``k`` task vectors are formed in float32, each task's ``n`` winners are chosen by a
 bisection of the threshold key, and the block is combined; blocks are independent, so threads
-split them without changing a bit. Magnitude (one block spanning the tensor): each task's
-threshold by a parallel radix selection, ties by a prefix sum over threads, then the combine.
+split them without changing a bit. Magnitude and random (one block spanning the tensor):
+each task's threshold by a parallel radix selection, ties by a prefix sum over threads, then
+the combine.
 Both use the integer keys, claimed offset and lowest-index-first tie rule of
 ``kernels.block_top_mask`` and the float32 operations, in order, of ``kernels.linear_combine``
 / ``kernels.ties_combine``."""
@@ -186,9 +187,12 @@ def _from_top(histogram, quota):
 
 
 @njit(parallel=True, cache=True)
-def _magnitude_merge(base, tuned, bf16, quotas, scales, weights, lam, ties, normalize,
+def _magnitude_merge(base, tuned, bf16, quotas, score_bits, scales, weights, lam, ties, normalize,
                      norm_total, conflict_aware, n_groups, out):
     """Per-tensor masks (one block spanning the flat tensor), then the combine.
+
+    Task ``i`` ranks its positions by ``|tau_i|``, or by the float32 bits ``score_bits[i]``
+    when given (the DARE variants' random draws; an empty array otherwise).
 
     Task ``i``'s threshold, its ``quotas[i]``-th largest key, comes from a radix selection on
     16 + 16 bits (two histogram passes split over threads); the lowest-index-first rule
@@ -203,6 +207,7 @@ def _magnitude_merge(base, tuned, bf16, quotas, scales, weights, lam, ties, norm
     claimed = np.zeros(numel, np.bool_)
     histograms = np.empty((n_groups, 1 << 16), np.int64)
     ties_before = np.zeros(n_groups + 1, np.int64)
+    scored = score_bits.shape[0] > 0
     for i in range(k):
         quota = quotas[i]
         histograms[:] = 0
@@ -218,8 +223,10 @@ def _magnitude_merge(base, tuned, bf16, quotas, scales, weights, lam, ties, norm
                 _load_taus(base_bits.view(np.float32), tuned[i], start, length, bf16, tuned_bits, taus)
                 for j in range(length):
                     free = not (conflict_aware and claimed[start + j])
-                    key = np.uint32(tau_bits[j] & 0x7FFFFFFF) + np.uint32(free) * offset
+                    bits = score_bits[i, start + j] if scored else tau_bits[j]
+                    key = np.uint32(bits & 0x7FFFFFFF) + np.uint32(free) * offset
                     keys[start + j] = key
+                    keep[i, start + j] = taus[j] != 0  # zeros are never kept
                     histograms[group, key >> np.uint32(16)] += 1
         high, above = _from_top(histograms.sum(axis=0), quota)
         histograms[:] = 0
@@ -243,7 +250,7 @@ def _magnitude_merge(base, tuned, bf16, quotas, scales, weights, lam, ties, norm
                 tie = key == threshold
                 seen += tie
                 chosen = everything | ((key > threshold) | (tie & (seen <= room)))
-                kept = chosen & something & (key != 0) & (key != offset)
+                kept = chosen & something & keep[i, j]
                 keep[i, j] = kept
                 claimed[j] |= kept
     for group in prange(n_groups):
@@ -290,9 +297,12 @@ def compiled_merge_chunk(
     normalize: bool,
     norm_total: float,
     conflict_aware: bool,
+    scores: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Float32 result of the merge of one flat chunk (see ``kernels.merge_chunk``): task ``i``
-    keeps ``ns[i]`` of every block of ``block_size``, or of the whole chunk if ``None``."""
+    keeps ``ns[i]`` of every block of ``block_size``, or, if ``None``, of the whole chunk,
+    ranked by ``|tau_i|`` or by row ``i`` of ``scores`` (non-negative float32, ``(k, numel)``;
+    whole chunk only)."""
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     numel = base.numel()
@@ -302,7 +312,9 @@ def compiled_merge_chunk(
                ties, normalize, np.float32(norm_total), conflict_aware)
     out = np.empty(numel, np.float32)
     if block_size is None:
-        _magnitude_merge(*args, *combine, max(1, min(-(-numel // _TILE), 16 * threads)), out)
+        score_bits = (torch.empty(0, 0) if scores is None else scores).view(torch.int32).numpy()
+        _magnitude_merge(*args, score_bits, *combine,
+                         max(1, min(-(-numel // _TILE), 16 * threads)), out)
     else:
         _nm_merge(*args, block_size, *combine, min(-(-numel // block_size), 16 * threads), out)
     return torch.from_numpy(out)

@@ -287,20 +287,28 @@ def merge_chunk(
 ) -> torch.Tensor:
     """``base + lambda * combine(s_i * w_i * M_i * tau_i)`` in float32, for one chunk.
 
-    A dropped entry of a delta is ``(s_i * w_i * tau_i) * 0``, a signed zero. For n:m and
-    magnitude, ``compiled`` picks the numba kernel (same bits; ``None``: when installed and the
-    tensors are CPU float32/bfloat16) or this torch code (``False``).
+    A dropped entry of a delta is ``(s_i * w_i * tau_i) * 0``, a signed zero. ``compiled``
+    picks the numba kernel (same bits; ``None``: when installed and the tensors are CPU
+    float32/bfloat16) or this torch code (``False``).
     """
+    if recipe.sparsifier is Sparsifier.RANDOM and len(seeds) != len(tuned):
+        raise ValueError(f"random masks need one seed per model: {len(seeds)} seeds for {len(tuned)} models")
     fast = compiled_nm_module() if compiled is not False else None
     if compiled and fast is None:
         raise RuntimeError("compiled=True needs numba: pip install 'mergekit-cabs[fast]'")
-    if recipe.sparsifier is not Sparsifier.RANDOM and fast is not None and fast.supports(base, tuned):
-        # Per-tensor magnitude is n:m with one block spanning the tensor.
+    if fast is not None and fast.supports(base, tuned):
+        # Per-tensor magnitude and random are n:m with one block spanning the tensor.
         m = block_size if recipe.sparsifier is Sparsifier.NM else None
+        scores = None
+        if recipe.sparsifier is Sparsifier.RANDOM:
+            scores = torch.empty(len(seeds), base.numel())
+            for row, seed in zip(scores, seeds):  # one draw alive at a time besides the rows
+                row.copy_(random_scores(base.shape, seed, base.device).reshape(-1))
         return fast.compiled_merge_chunk(
             base, tuned, merge_scales(recipe, weights, densities), weights,
             [keep_count(d, m or max(base.numel(), 1)) for d in densities], m, lam,
             recipe.combine is Combine.TIES, normalize, normalizer(weights), recipe.conflict_aware,
+            scores,
         )
     base32 = base.to(torch.float32)
     taus = [t.to(torch.float32) - base32 for t in tuned]

@@ -1,4 +1,4 @@
-"""The numba kernel gives the same bits as the torch path it replaces (n:m and magnitude)."""
+"""The numba kernel gives the same bits as the torch path it replaces (n:m, magnitude, random)."""
 
 import pytest
 import torch
@@ -7,8 +7,7 @@ from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
 
 pytest.importorskip("numba")
 
-COMPILED_RECIPES = [Recipe(s, ca, c) for s in (Sparsifier.NM, Sparsifier.MAGNITUDE)
-                    for ca in (False, True) for c in Combine]
+COMPILED_RECIPES = [Recipe(s, ca, c) for s in Sparsifier for ca in (False, True) for c in Combine]
 
 
 def inputs(shape, k, dtype, tie_heavy, seed):
@@ -35,12 +34,13 @@ def test_compiled_merge_equals_torch_path_bit_for_bit(recipe, dtype, tie_heavy, 
         ((67, 45), 3, 64, [0.25, 0.25, 0.25], [1.2, 0.9, 1.1]),
         ((300,), 1, 16, [0.3], [1.7]),
         ((13, 31), 5, 8, [0.5, 0.4, 0.3, 0.2, 0.1], [1.0, 0.5, 1.5, 1.0, 2.0]),
-        ((9, 100), 2, 256, [0.6, 0.7], [1.0, -0.5]),
+        ((9, 100), 3, 256, [0.6, 0.7, 0.5], [1.0, -0.5, 0.8]),
         # 15 tiles: magnitude's threads split the tensor, so ties straddle their boundaries
         ((300, 200), 3, 64, [0.25, 0.3, 0.2], [1.0, 1.0, 0.7]),
     ]):
         base, tuned = inputs(shape, k, dtype, tie_heavy, seed)
-        args = (recipe, base, tuned, weights, densities, block_size, 0.8, normalize)
+        seeds = [1000 * seed + i for i in range(k)]
+        args = (recipe, base, tuned, weights, densities, block_size, 0.8, normalize, seeds)
         fast = merge_tensor(*args, chunk_blocks=7, compiled=True)
         simple = merge_tensor(*args, compiled=False)
         assert fast.dtype == dtype

@@ -38,6 +38,7 @@ FUSED_TARGET_S = 0.5  # issue 3: fused 3-task CA merge of the full tensor on 2 t
 COPY = "fp32 copy (bandwidth reference)"
 FUSED = "fused CA merge, 3 tasks"
 FUSED_MAGNITUDE = "fused CA magnitude merge, 3 tasks"
+FUSED_DARE = "fused CA DARE merge, 3 tasks"
 
 
 def set_threads(threads: int) -> None:
@@ -93,7 +94,8 @@ def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object
         # The call methods.py makes under mergekit-yaml (compiled=None: its default choice).
         recipe = METHODS_BY_NAME[method].recipe
         return lambda: merge_tensor(recipe, base, tuned, weights, densities, BLOCK_SIZE,
-                                    chunk_blocks=max(1, CHUNK_ELEMENTS // BLOCK_SIZE), compiled=compiled)
+                                    seeds=list(range(TASKS)), compiled=compiled,
+                                    chunk_blocks=max(1, CHUNK_ELEMENTS // BLOCK_SIZE))
 
     table = {
         COPY: (lambda: copy_target.copy_(taus[0]), 4 + 4),
@@ -106,6 +108,8 @@ def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object
         f"{FUSED} (torch path)": (fused(compiled=False), (1 + TASKS) * 2 + 2),
         f"{FUSED_MAGNITUDE} (default path)": (fused(method="ca_magnitude_linear"), (1 + TASKS) * 2 + 2),
         f"{FUSED_MAGNITUDE} (torch path)": (fused(False, "ca_magnitude_linear"), (1 + TASKS) * 2 + 2),
+        f"{FUSED_DARE} (default path)": (fused(method="ca_dare_linear"), (1 + TASKS) * 2 + 2),
+        f"{FUSED_DARE} (torch path)": (fused(False, "ca_dare_linear"), (1 + TASKS) * 2 + 2),
     }
     if device == "cpu" and compiled_nm_module() is not None:
         table[f"{FUSED} (compiled path)"] = (fused(compiled=True), (1 + TASKS) * 2 + 2)
