@@ -81,6 +81,8 @@ BAD = [
          "invalid `lambda`"),
     case("lambda-inf", lambda b, m, o: cabs(b, m, **{"lambda": float("-inf")}),
          "invalid `lambda`"),
+    case("merged-values-overflow", lambda b, m, o: set_model_param(cabs(b, m, **{"lambda": 1e30}), 0, weight=1e30),
+         "gives values beyond the range of torch.float32; lower weight or lambda"),
     case("density-rounds-to-zero", lambda b, m, o: set_model_param(cabs(b, m), 1, density=0.02),
          "keeps n = round(0.02 * 16) = 0 entries per block"),
     case("no-base-model", lambda b, m, o: {k: v for k, v in cabs(b, m).items() if k != "base_model"},

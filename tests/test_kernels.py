@@ -1,5 +1,7 @@
 """Kernel properties, each checked against the slow reference in tests/reference.py."""
 
+import math
+
 import pytest
 import torch
 
@@ -188,6 +190,23 @@ def test_merge_tensor_equals_reference(recipe):
                                conflict_aware=recipe.conflict_aware, combine=recipe.combine.value,
                                block_size=8, lam=0.7, normalize=normalize, scores=scores)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda r: f"{r.sparsifier.value}-ca{int(r.conflict_aware)}-{r.combine.value}")
+@pytest.mark.parametrize("compiled", [False, None], ids=["torch", "default"])
+def test_a_non_finite_input_value_reaches_the_merged_tensor(recipe, compiled):
+    # methods.py checks only the result for NaN/inf; this is why that is enough.
+    for dtype in (torch.float32, torch.bfloat16):
+        for model in range(4):  # the base, then each fine-tune
+            for bad in (math.nan, math.inf, -math.inf):
+                g = torch.Generator().manual_seed(model)
+                base = torch.randn(6, 22, generator=g)
+                inputs = [base] + [base + tau for tau in task_vectors(3, (6, 22), seed=12)]
+                inputs = [t.to(dtype) for t in inputs]
+                inputs[model][2, 3] = bad
+                merged = merge_tensor(recipe, inputs[0], inputs[1:], [1.0, 0.0, 0.5], [0.1, 0.1, 0.1],
+                                      block_size=8, lam=0.7, seeds=[1, 2, 3], compiled=compiled)
+                assert not bool(torch.isfinite(merged).all()), (dtype, model, bad)
 
 
 def test_lambda_zero_returns_base_bytes():

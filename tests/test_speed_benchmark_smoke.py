@@ -47,3 +47,12 @@ def test_kernel_benchmark_reports_every_kernel(tmp_path):
     assert all(row["ns_per_element"] > 0 and row["gb_per_s"] > 0 for row in rows.values())
     assert result["target"] is None  # the 0.5 s target is stated for the full tensor only
     assert (tmp_path / "k.md").exists()
+
+
+def test_profile_reports_the_kernel_among_a_merges_costliest_functions(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SPEED))  # profile_merge imports run.py's builders
+    load("profile_merge").main(["--small", "--layers", "2", "--methods", "cabs@64",
+                                "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    report = (tmp_path / "profile.md").read_text()
+    assert "## `cabs@64`:" in report
+    assert report.count("\n| `") == 12  # the TOP rows of the one method

@@ -1,0 +1,84 @@
+"""Where a merge's time goes: ``mergekit-yaml`` in-process under cProfile, one method at a time.
+
+    python benchmarks/speed/profile_merge.py --methods task_arithmetic,cabs@64 --out benchmarks/speed/results
+
+Uses the checkpoints ``run.py`` builds (same ``--params`` / ``--layers``, same cache). For each
+method it runs MergeKit's own ``mergekit-yaml`` entry point in this process (so start-up
+imports are left out) and writes the functions with the most own time to ``profile.md``;
+time inside the compiled (numba) kernels is booked to ``_nm_merge`` / ``_magnitude_merge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from run import HERE, SEVEN_B, SMALL, build_checkpoints, expand_methods, layers_for, method_config
+
+TOP = 12
+
+
+def profile_merge(variant: str, checkpoints, scratch: Path) -> tuple[float, pstats.Stats]:
+    """Wall seconds and cProfile statistics of one in-process ``mergekit-yaml`` run."""
+    from mergekit.scripts.run_yaml import main as mergekit_yaml
+
+    config = scratch / "config.yml"
+    config.write_text(yaml.safe_dump(method_config(variant, checkpoints), sort_keys=False))
+    out = scratch / "merged"
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    mergekit_yaml.main([str(config), str(out), "--no-copy-tokenizer", "--quiet", "--random-seed", "0"],
+                       standalone_mode=False)
+    profiler.disable()
+    wall = time.perf_counter() - started
+    shutil.rmtree(out)
+    return wall, pstats.Stats(profiler)
+
+
+def top_rows(stats: pstats.Stats, wall: float) -> list[str]:
+    """Markdown rows of the ``TOP`` functions by own time."""
+    entries = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:TOP]
+    rows = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in entries:
+        where = f"{Path(filename).parent.name}/{Path(filename).name}:{line}" if line else filename
+        rows.append(f"| `{name}` | {where} | {calls} | {own:.2f} | {100 * own / wall:.0f} | {cumulative:.2f} |")
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="task_arithmetic,cabs@64")
+    parser.add_argument("--params", type=float, default=0.7e9)
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--small", action="store_true", help="tiny shapes instead of 7B's (smoke test)")
+    args = parser.parse_args(argv)
+    dims = SMALL if args.small else SEVEN_B
+    checkpoints = build_checkpoints(args.work, args.layers or layers_for(args.params, dims), dims)
+    lines = [f"cProfile of in-process `mergekit-yaml` (start-up imports excluded), {checkpoints.params_per_model / 1e9:.3f} B "
+             f"bf16 params per model, base + {len(checkpoints.finetuned)} fine-tunes. Command: "
+             f"`python benchmarks/speed/profile_merge.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
+    for variant in expand_methods(args.methods):
+        with tempfile.TemporaryDirectory(dir=args.work) as scratch:
+            wall, stats = profile_merge(variant, checkpoints, Path(scratch))
+        print(f"{variant}: {wall:.1f} s", flush=True)
+        lines += [f"## `{variant}`: {wall:.1f} s wall (profiled)", "",
+                  "| function | where | calls | own s | own % of wall | cumulative s |",
+                  "|---|---|---|---|---|---|", *top_rows(stats, wall), ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "profile.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
