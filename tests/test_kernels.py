@@ -20,6 +20,7 @@ from mergekit_cabs.kernels import (
     random_scores,
     score_bits,
     tail_keep_count,
+    task_masks,
     ties_combine,
     top_k_rows,
 )
@@ -248,3 +249,21 @@ def test_merge_is_deterministic_across_runs():
 
 def test_block_top_mask_handles_empty_tensor():
     assert block_top_mask(torch.empty(0, dtype=torch.int32), 2, 8).numel() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (mergekit-yaml --cuda)")
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda r: f"{r.sparsifier.value}-ca{int(r.conflict_aware)}-{r.combine.value}")
+def test_cuda_masks_equal_cpu_masks_and_merges_agree(recipe):
+    base = torch.randn(37, 64, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    taus = task_vectors(3, base.shape, seed=4, dtype=torch.bfloat16)
+    densities, seeds = [0.25, 0.3, 0.2], [7, 8, 9]
+    cpu_masks = task_masks(recipe, taus, densities, 16, seeds)
+    cuda_masks = task_masks(recipe, [t.cuda() for t in taus], densities, 16, seeds)
+    for cpu, cuda in zip(cpu_masks, cuda_masks):
+        assert torch.equal(cpu, cuda.cpu())
+    tuned = [(base.float() + t).to(torch.bfloat16) for t in taus]
+    args = (recipe, base, tuned, [1.0, 0.8, 1.2], densities, 16, 0.9, False, seeds)
+    on_cpu = merge_tensor(*args)
+    on_cuda = merge_tensor(recipe, base.cuda(), [t.cuda() for t in tuned], *args[3:])
+    assert on_cuda.device.type == "cuda" and on_cuda.dtype == torch.bfloat16
+    torch.testing.assert_close(on_cuda.cpu().float(), on_cpu.float(), rtol=1e-2, atol=1e-6)
