@@ -239,7 +239,7 @@ def _magnitude_merge(base, tuned, bf16, quotas, score_bits, scales, weights, lam
         threshold = (np.uint32(high) << np.uint32(16)) | np.uint32(low)
         room = quota - above - above_low
         # _select_top's edge cases: keep none, or every non-zero entry.
-        something, everything = quota > 0, quota >= numel
+        keep_any, keep_all = quota > 0, quota >= numel
         for group in range(n_groups):  # each group's keys equal to the threshold: its bin `low`
             ties_before[group + 1] = ties_before[group] + histograms[group, low]
         for group in prange(n_groups):
@@ -249,8 +249,8 @@ def _magnitude_merge(base, tuned, bf16, quotas, score_bits, scales, weights, lam
                 key = keys[j]
                 tie = key == threshold
                 seen += tie
-                chosen = everything | ((key > threshold) | (tie & (seen <= room)))
-                kept = chosen & something & keep[i, j]
+                chosen = keep_all | ((key > threshold) | (tie & (seen <= room)))
+                kept = chosen & keep_any & keep[i, j]
                 keep[i, j] = kept
                 claimed[j] |= kept
     for group in prange(n_groups):
