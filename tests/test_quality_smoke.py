@@ -1,8 +1,9 @@
 """Plumbing of benchmarks/quality on a tiny BertModel and synthetic tasks (not the real run).
 
-Fine-tune two tasks, merge with `cabs` through `mergekit-yaml` (at scale 1, then again at
-the chosen scale), and check the record the report is built from. Two merge processes
-only, to stay fast; tests/test_bert_merge.py covers MergeKit's own methods on BERT.
+Fine-tune two tasks, merge with `cabs` through `mergekit-multi` at scale 1 and again through
+plain `mergekit-yaml` at the chosen scale, and check the record the report is built from.
+Two merge processes only, to stay fast; tests/test_bert_merge.py covers MergeKit's own
+methods on BERT.
 """
 
 import sys

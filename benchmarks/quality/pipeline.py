@@ -17,12 +17,14 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from merging import (
+    OWN_PROCESS_METHODS,
     MethodRun,
     load_body_state,
     max_abs_difference,
     merge_config,
     merged_delta,
     overlap_rates,
+    run_mergekit_multi,
     run_mergekit_yaml,
     scaled_state,
 )
@@ -80,14 +82,30 @@ class SeedContext:
         self.timer.add(f"evaluate_{split}", start)
         return scores
 
-    def merge(self, run: MethodRun, scale: float, models: Optional[Sequence[str]] = None) -> dict:
-        """Merge through ``mergekit-yaml``; return the merged state (the output is deleted)."""
+    def config(self, run: MethodRun, scale: float, models: Optional[Sequence[str]] = None) -> dict:
+        return merge_config(run, self.base_path, models or self.model_paths, scale)
+
+    def merge(self, configs: dict[str, dict], batch: bool = True) -> dict[str, Path]:
+        """Output folder of each named config.
+
+        Configs that may share a process go through one ``mergekit-multi`` call; the others
+        (MergeKit's DARE methods; every config when ``batch`` is false) each through a
+        plain ``mergekit-yaml`` call.
+        """
         start = time.perf_counter()
-        config = merge_config(run, self.base_path, models or self.model_paths, scale)
-        out = run_mergekit_yaml(config, self.workdir / "merge", self.seed)
-        state = load_body_state(out)
-        shutil.rmtree(out)
+        root = self.workdir / "merge"
+        alone = {n: c for n, c in configs.items() if not batch or c["merge_method"] in OWN_PROCESS_METHODS}
+        outputs = {n: run_mergekit_yaml(c, root / n, self.seed) for n, c in alone.items()}
+        together = {n: c for n, c in configs.items() if n not in alone}
+        if together:
+            outputs.update(run_mergekit_multi(together, root, self.seed))
         self.timer.add("merge", start)
+        return {n: outputs[n] for n in configs}
+
+    def take(self, output: Path) -> dict:
+        """The merged state in ``output``; the folder is deleted."""
+        state = load_body_state(output)
+        shutil.rmtree(output)
         return state
 
 
@@ -151,9 +169,10 @@ def normalized_mean(scores: dict, reference: dict) -> float:
     return mean(scores[t] / reference[t] for t in scores)
 
 
-def run_method(ctx: SeedContext, run: MethodRun, settings: SeedSettings, individual: dict) -> dict:
-    """Merge at scale 1, search the scale on validation, score the chosen scale on test."""
-    delta = merged_delta(ctx.merge(run, 1.0), ctx.base_state)
+def run_method(ctx: SeedContext, run: MethodRun, unit_merge: Path, settings: SeedSettings,
+               individual: dict) -> dict:
+    """Search the scale on validation from the merge at scale 1, score the chosen scale on test."""
+    delta = merged_delta(ctx.take(unit_merge), ctx.base_state)
     scale, curve = choose_scale(
         lambda s: mean(ctx.evaluate_state(scaled_state(ctx.base_state, delta, s), "val").values()),
         settings,
@@ -163,7 +182,8 @@ def run_method(ctx: SeedContext, run: MethodRun, settings: SeedSettings, individ
               "scale_key": run.scale_key, "scale": scale,
               "val_curve": {f"{s:.6g}": v for s, v in sorted(curve.items())}}
     if settings.verify(run):
-        merged = ctx.merge(run, scale)
+        (output,) = ctx.merge({run.label: ctx.config(run, scale)}, batch=False).values()
+        merged = ctx.take(output)
         record["rescale_max_abs_diff"] = max_abs_difference(merged, rescaled)
         rescaled = merged  # score exactly what mergekit-yaml wrote at the chosen scale
     record["test"] = ctx.evaluate_state(rescaled, "test")
@@ -176,10 +196,14 @@ def run_orders(ctx: SeedContext, scale: float, settings: SeedSettings) -> list[d
     """CABS with the models listed (hence pruned) in every order, at the chosen scale."""
     run = MethodRun("cabs", settings.order_density, settings.block_size)
     names = [t.name for t in ctx.tasks]
+    orders = list(itertools.permutations(range(len(names))))
+    outputs = ctx.merge({
+        "order-" + "".join(map(str, order)): ctx.config(run, scale, [ctx.model_paths[i] for i in order])
+        for order in orders
+    })
     rows = []
-    for order in itertools.permutations(range(len(names))):
-        state = ctx.merge(run, scale, [ctx.model_paths[i] for i in order])
-        scores = ctx.evaluate_state(state, "test")
+    for order, output in zip(orders, outputs.values()):
+        scores = ctx.evaluate_state(ctx.take(output), "test")
         rows.append({"order": [names[i] for i in order], "test": scores, "mean": mean(scores.values())})
     return rows
 
@@ -210,8 +234,9 @@ def run_seed(base_body, tasks: Sequence[EncodedTask], settings: SeedSettings, se
                             "normalized": normalized_mean(base_scores, individual)},
         "methods": {},
     }
+    unit_merges = ctx.merge({run.label: ctx.config(run, 1.0) for run in runs})
     for run in runs:
-        row = run_method(ctx, run, settings, individual)
+        row = run_method(ctx, run, unit_merges[run.label], settings, individual)
         record["methods"][run.label] = row
         log(f"seed {seed}: {run.label:28s} scale {row['scale']:.3g}  test mean {row['mean']:.4f}")
     start = time.perf_counter()
