@@ -120,10 +120,14 @@ def run_mergekit_multi(configs: dict[str, dict], workdir: Path, seed: int) -> di
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config_path, out = workdir / "multi.yml", workdir / "multi"
-    config_path.write_text(yaml.safe_dump_all([{"name": n, **c} for n, c in configs.items()], sort_keys=False))
+    # mergekit-multi reads every string of a document that equals a document's name as a
+    # reference to that merge, so a merge named "task_arithmetic" would depend on itself.
+    names = {name: f"merge-{index}" for index, name in enumerate(configs)}
+    documents = [{"name": names[n], **c} for n, c in configs.items()]
+    config_path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
     _run([MERGEKIT_MULTI, str(config_path), "--intermediate-dir", str(out), "--no-lazy",
           "--no-copy-tokenizer", "--random-seed", str(seed)], config_path)
-    return {name: out / name for name in configs}
+    return {name: out / names[name] for name in configs}
 
 
 def load_body_state(path: Path) -> dict[str, torch.Tensor]:
