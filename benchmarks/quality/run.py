@@ -1,7 +1,7 @@
 """Merge-quality benchmark: MiniLM fine-tuned on 4 tasks, merged with every method.
 
-    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --quick   # 1 seed; 58 min measured on 2 busy vCPUs
-    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py           # full preset, 3 seeds; 109 min measured
+    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --quick   # 1 seed; 11 min measured on 2 vCPUs
+    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py           # full preset, 3 seeds; 55 min measured
 
 See README.md in this folder for the installs, the data and what is measured.
 """
