@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from mergekit_cabs.kernels import _CLAIMED_OFFSET
+from mergekit_cabs.kernels import _CLAIMED_OFFSET, tail_keep_counts
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -120,7 +120,7 @@ def _combine(deltas, weights, ties, normalize, norm_total):
 
 
 @njit(parallel=True, cache=True)
-def _nm_merge(base, tuned, bf16, ns, block_size, scales, weights, lam, ties, normalize,
+def _nm_merge(base, tuned, bf16, ns, tail_ns, block_size, scales, weights, lam, ties, normalize,
               norm_total, conflict_aware, n_groups, out):
     numel = base.shape[0]
     k = len(tuned)
@@ -146,9 +146,7 @@ def _nm_merge(base, tuned, bf16, ns, block_size, scales, weights, lam, ties, nor
                 _load_taus(base_vals, tuned[i], start, length, bf16, tuned_bits, taus[i])
             claimed[:length] = False
             for i in range(k):
-                quota = ns[i]
-                if length < block_size:
-                    quota = int(np.floor(ns[i] * length / block_size + 0.5))
+                quota = ns[i] if length == block_size else tail_ns[i]
                 # kernels' key minus the claimed offset, shifted up by that offset to stay
                 # non-negative: free keys lie above every claimed one, order unchanged.
                 for j in range(length):
@@ -316,5 +314,7 @@ def compiled_merge_chunk(
         _magnitude_merge(*args, score_bits, *combine,
                          max(1, min(-(-numel // _TILE), 16 * threads)), out)
     else:
-        _nm_merge(*args, block_size, *combine, min(-(-numel // block_size), 16 * threads), out)
+        tail_ns = tail_keep_counts(ns, numel % block_size, block_size, conflict_aware)
+        _nm_merge(*args, np.asarray(tail_ns, np.int64), block_size, *combine,
+                  min(-(-numel // block_size), 16 * threads), out)
     return torch.from_numpy(out)

@@ -77,6 +77,31 @@ def tail_keep_count(n: int, tail: int, block_size: int) -> int:
     return round_half_up(n * tail / block_size)
 
 
+def tail_keep_counts(
+    ns: Sequence[int], tail: int, block_size: int, conflict_aware: bool
+) -> list[int]:
+    """Keep counts of the short last block of ``r = tail`` elements, one per task.
+
+    Each task's exact share is ``q_i = n_i * r / m``. Independent tasks round it alone,
+    ``round(q_i)``. Conflict-aware tasks share the block, so their counts are shared out
+    by largest remainder: ``T = round(sum_i q_i)`` entries in all, ``floor(q_i)`` each, and
+    one more to each of the ``T - sum floor(q_i)`` largest remainders (lower index first
+    among equal ones). Then ``sum_i n_i <= m`` implies ``sum <= r``: the tail is disjoint
+    whenever the full blocks are, and a single task keeps ``round(q_1)`` either way.
+    """
+    if not conflict_aware:
+        return [tail_keep_count(n, tail, block_size) for n in ns]
+    # Exact in integers: q_i = (n_i * r) / m, floor and remainder by divmod.
+    floors, remainders = zip(*(divmod(n * tail, block_size) for n in ns)) if ns else ((), ())
+    total = round_half_up(sum(ns) * tail / block_size)
+    extra = total - sum(floors)
+    by_remainder = sorted(range(len(ns)), key=lambda i: (-remainders[i], i))
+    counts = list(floors)
+    for i in by_remainder[:extra]:
+        counts[i] += 1
+    return counts
+
+
 def score_bits(score: torch.Tensor) -> torch.Tensor:
     """Order-preserving int32 key of a non-negative float32 score (``|tau|`` or a draw)."""
     return score.to(torch.float32).abs().view(torch.int32)
@@ -108,12 +133,14 @@ def top_k_rows(keys: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
-def block_top_mask(keys: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+def block_top_mask(
+    keys: torch.Tensor, n: int, block_size: int, tail_n: Optional[int] = None
+) -> torch.Tensor:
     """n:m selection over the row-major flattening of ``keys``.
 
     Full blocks (rows of ``view(-1, m)``) keep ``n`` each; a tail of ``r = numel % m``
-    elements is a short block keeping ``round(n * r / m)``. Returns a bool mask of
-    ``keys.shape``.
+    elements is a short block keeping ``tail_n`` (default ``round(n * r / m)``). Returns a
+    bool mask of ``keys.shape``.
     """
     flat = keys.reshape(-1)
     full = (flat.numel() // block_size) * block_size
@@ -122,7 +149,7 @@ def block_top_mask(keys: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
         mask[:full] = top_k_rows(flat[:full].view(-1, block_size), n).view(-1)
     if full < flat.numel():
         tail = flat[full:]
-        k = tail_keep_count(n, tail.numel(), block_size)
+        k = tail_keep_count(n, tail.numel(), block_size) if tail_n is None else tail_n
         mask[full:] = top_k_rows(tail.view(1, -1), k).view(-1)
     return mask.view(keys.shape)
 
@@ -138,13 +165,65 @@ def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
     return nm_mask(tau, keep_count(density, numel), numel)
 
 
-def random_scores(shape: torch.Size, seed: int, device: torch.device) -> torch.Tensor:
-    """Uniform [0, 1) draws from a generator seeded by ``seed`` alone.
+# Constants of the 32-bit integer hash ``mix32`` (Wellons' "lowbias32": xor-shift-multiply
+# rounds with low avalanche bias) and the odd constant that spreads a seed into two keys.
+MIX32_SHIFTS = (16, 15, 16)
+MIX32_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)
+SEED_SPREAD = 0x9E3779B9
+RANDOM_SCORE_BITS = 24
+MAX_RANDOM_POSITIONS = 1 << 32
+_U32 = 0xFFFFFFFF
 
-    Drawn on the CPU so that a seed gives the same scores on every device and thread count.
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2^32`` for int64 ``x`` in [0, 2^32), in two 16-bit halves of ``c`` so that
+    no product leaves int64 (no reliance on signed overflow)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _U32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """Bijective hash of 32-bit words held in int64: xor-shift, multiply, xor-shift, multiply,
+    xor-shift (constants ``MIX32_*``), every step mod 2^32."""
+    a, b, c = MIX32_SHIFTS
+    x = x ^ (x >> a)
+    x = _mul32(x, MIX32_MULTIPLIERS[0])
+    x = x ^ (x >> b)
+    x = _mul32(x, MIX32_MULTIPLIERS[1])
+    return x ^ (x >> c)
+
+
+def mix32_int(x: int) -> int:
+    """``mix32`` of one Python int (for seeds)."""
+    return int(mix32(torch.tensor([x & _U32], dtype=torch.int64))[0])
+
+
+def random_score_keys(seed: int) -> tuple[int, int]:
+    """The two 32-bit keys of a seed: ``k1 = mix32(seed)``, ``k2 = mix32(seed ^ SEED_SPREAD)``."""
+    return mix32_int(seed), mix32_int(seed ^ SEED_SPREAD)
+
+
+def random_scores(
+    shape: torch.Size, seed: int, device: torch.device, offset: int = 0
+) -> torch.Tensor:
+    """Uniform draws in [0, 1) on a 2^-24 grid, a pure function of (seed, flat position).
+
+    Counter-based: position ``p = offset + j`` (row-major ``j``) gets
+    ``u = (mix32((mix32(p ^ k1) + k2) mod 2^32) >> 8) * 2^-24`` with ``(k1, k2)`` from
+    ``random_score_keys(seed)``. Any slice of a tensor can be drawn alone (``offset``), on
+    any device and thread count, with the same values; the compiled kernel computes the
+    same formula in registers. Two rounds of the hash keep the draws of different seeds
+    unrelated (one round would make them the same sequence, permuted).
     """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.rand(shape, generator=generator, dtype=torch.float32).to(device)
+    numel = math.prod(shape)
+    if offset + numel > MAX_RANDOM_POSITIONS:
+        raise ValueError(
+            f"random scores cover 2^32 positions per tensor; a tensor of {offset + numel} "
+            "elements is beyond that"
+        )
+    k1, k2 = random_score_keys(seed)
+    position = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
+    bits = mix32((mix32(position ^ k1) + k2) & _U32) >> (32 - RANDOM_SCORE_BITS)
+    return (bits.to(torch.float32) * 2.0 ** -RANDOM_SCORE_BITS).view(shape)
 
 
 def random_mask(tau: torch.Tensor, density: float, seed: int) -> torch.Tensor:
@@ -174,15 +253,17 @@ def conflict_aware_masks(
     Task ``i`` (in order) keeps ``n_i`` positions per block: first its best *free* positions
     (not kept by any task ``j < i``), and only when ``n_i`` exceeds the free count, the rest
     from claimed positions, best first. Its kept nonzero positions become claimed. With
-    ``sum_i n_i <= m`` the masks are disjoint, hence ``<M_i tau_i, M_j tau_j> = 0``.
+    ``sum_i n_i <= m`` the masks are disjoint, hence ``<M_i tau_i, M_j tau_j> = 0``; the
+    short tail block shares its counts by ``tail_keep_counts`` so that it is disjoint too.
     ``scores`` defaults to ``|tau_i|``; pass random draws for the DARE variant.
     """
     claimed = torch.zeros_like(taus[0], dtype=torch.bool)
+    tail_ns = tail_keep_counts(ns, taus[0].numel() % block_size, block_size, True)
     masks = []
     for index, (tau, n) in enumerate(zip(taus, ns)):
         keys = score_bits(tau if scores is None else scores[index])
         keys = torch.where(claimed, keys - _CLAIMED_OFFSET, keys)
-        mask = block_top_mask(keys, n, block_size) & (tau != 0)
+        mask = block_top_mask(keys, n, block_size, tail_ns[index]) & (tau != 0)
         claimed |= mask
         masks.append(mask)
     return masks

@@ -5,6 +5,7 @@ kept counts: floor(x + 0.5).
 """
 
 import math
+from fractions import Fraction
 
 import torch
 
@@ -25,6 +26,18 @@ def block_quota(n, length, m):
     return n if length == m else rounded(n * length / m)
 
 
+def shared_tail_quotas(ns, length, m):
+    """Conflict-aware tail: round(sum of exact shares) entries, whole parts first, then one
+    each to the largest fractional parts (lower task first), in exact fractions."""
+    shares = [Fraction(n * length, m) for n in ns]
+    quotas = [math.floor(q) for q in shares]
+    extra = rounded(float(sum(shares))) - sum(quotas)
+    order = sorted(range(len(ns)), key=lambda i: (-(shares[i] - quotas[i]), i))
+    for i in order[:extra]:
+        quotas[i] += 1
+    return quotas
+
+
 def ranked(indices, score):
     return sorted(indices, key=lambda j: (-score[j], j))
 
@@ -33,13 +46,16 @@ def masks(taus, densities, m, scores=None, conflict_aware=True):
     """Reference masks (lists of bools) for flattened float taus."""
     numel = len(taus[0])
     claimed = [False] * numel
+    ns = [rounded(d * m) for d in densities]
     out = []
     for i, tau in enumerate(taus):
         score = [abs(v) for v in tau] if scores is None else scores[i]
-        n = rounded(densities[i] * m)
+        n = ns[i]
         mask = [False] * numel
         for start, stop in blocks(numel, m):
             quota = block_quota(n, stop - start, m)
+            if conflict_aware and stop - start < m:
+                quota = shared_tail_quotas(ns, stop - start, m)[i]
             idx = range(start, stop)
             free = [j for j in idx if not (conflict_aware and claimed[j])]
             taken = [j for j in idx if conflict_aware and claimed[j]]

@@ -20,6 +20,7 @@ from mergekit_cabs.kernels import (
     random_scores,
     score_bits,
     tail_keep_count,
+    tail_keep_counts,
     task_masks,
     ties_combine,
     top_k_rows,
@@ -267,3 +268,44 @@ def test_cuda_masks_equal_cpu_masks_and_merges_agree(recipe):
     on_cuda = merge_tensor(recipe, base.cuda(), [t.cuda() for t in tuned], *args[3:])
     assert on_cuda.device.type == "cuda" and on_cuda.dtype == torch.bfloat16
     torch.testing.assert_close(on_cuda.cpu().float(), on_cpu.float(), rtol=1e-2, atol=1e-6)
+
+
+def test_conflict_aware_tail_counts_share_out_by_largest_remainder():
+    # 2 x n=2 of m=4 fill full blocks exactly; a tail of 1 has q = 0.5 + 0.5: one entry in all.
+    assert tail_keep_counts([2, 2], 1, 4, conflict_aware=True) == [1, 0]
+    assert tail_keep_counts([2, 2], 1, 4, conflict_aware=False) == [1, 1]
+    assert tail_keep_counts([11, 11, 10], 20, 32, conflict_aware=True) == [7, 7, 6]
+
+
+@pytest.mark.parametrize("k,m,tail", [(2, 4, 1), (3, 32, 20), (4, 7, 5), (3, 16, 3)])
+def test_conflict_aware_tail_is_disjoint_whenever_full_blocks_are(k, m, tail):
+    for ns in ([m // k] * k, [1] * k, list(range(1, k + 1))):
+        if sum(ns) > m:
+            continue
+        counts = tail_keep_counts(ns, tail, m, conflict_aware=True)
+        assert sum(counts) <= tail
+        assert counts == tail_keep_counts(ns, tail, m, True)  # deterministic
+        assert all(abs(c - n * tail / m) < 1 for c, n in zip(counts, ns))
+
+
+def test_conflict_aware_masks_disjoint_in_tail_of_two_halves():
+    taus = [torch.arange(1.0, 6.0), torch.arange(5.0, 0.0, -1.0)]
+    first, second = conflict_aware_masks(taus, [2, 2], 4)
+    assert not (first & second).any()
+
+
+def test_random_scores_are_a_function_of_seed_and_position():
+    whole = random_scores((10, 30), 7, torch.device("cpu"))
+    part = random_scores((3, 30), 7, torch.device("cpu"), offset=90)
+    assert torch.equal(whole[3:6], part)
+    assert ((whole >= 0) & (whole < 1)).all()
+    assert not torch.equal(whole, random_scores((10, 30), 8, torch.device("cpu")))
+
+
+def test_random_scores_are_roughly_uniform_and_unrelated_across_seeds():
+    a = random_scores((200_000,), 1, torch.device("cpu"))
+    b = random_scores((200_000,), 2, torch.device("cpu"))
+    assert abs(float(a.mean()) - 0.5) < 0.005
+    assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.01
+    counts = torch.histc(a, bins=10, min=0, max=1)
+    assert (counts - 20_000).abs().max() < 600  # ~4.5 sigma of a binomial count
