@@ -1,14 +1,28 @@
 """``kernels.merge_chunk`` compiled with numba, bit for bit.
 
-Optional (``pip install mergekit-cabs[fast]``). n:m: each block of ``m`` elements is read
-once, its ``k`` task vectors are formed in float32, each task's ``n`` winners are chosen by a
-bisection of the threshold key, and the block is combined; blocks are independent, so threads
-split them without changing a bit. Magnitude and random (one block spanning the tensor):
-each task's threshold by a parallel radix selection, ties by a prefix sum over threads, then
-the combine.
-Both use the integer keys, claimed offset and lowest-index-first tie rule of
-``kernels.block_top_mask`` and the float32 operations, in order, of ``kernels.linear_combine``
-/ ``kernels.ties_combine``."""
+numba is a dependency, so this is the default CPU path; ``MERGEKIT_CABS_TORCH_KERNELS=1``
+(read by ``kernels.compiled_nm_module``) forces the torch path instead.
+
+Both kernels work on tiles of the flat tensors: base and task vectors are read once per tile
+into float32 scratch (``tau = f32(tuned) - f32(base)``), each task's keys are formed as in
+``kernels`` (float32 bits of ``|tau|`` or of a random draw; free positions lifted by
+``_CLAIMED_OFFSET`` above every claimed one), winners are selected, and the tile is combined
+with the float32 operations, in order, of ``kernels.linear_combine`` / ``kernels.ties_combine``.
+
+* n:m (``_nm_merge``): each block's threshold by a radix selection on the block's keys;
+  blocks are independent, so threads split them without changing a bit.
+* Per tensor, magnitude and random (``_tensor_merge``, one block spanning the tensor): each
+  task's threshold by a parallel 16 + 16 bit radix selection, the lowest-index-first rule by a
+  prefix sum of per-group tie counts. Keys and random draws are recomputed in every pass
+  rather than stored; the only tensor-sized buffers are the float32 output and one bit per
+  task and element (the masks).
+
+Tensors reach the kernels as raw addresses, so one compiled specialisation serves every
+dtype and every number of tasks (a tuple of arrays would compile again for each ``k``).
+
+The JIT cache is written beside this module, or, where that is not writable (a read-only
+site-packages), to numba's user-wide cache directory (``tests/test_compiled_nm.py`` checks it).
+"""
 
 from __future__ import annotations
 
@@ -17,153 +31,277 @@ from typing import Optional, Sequence
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from mergekit_cabs.kernels import _CLAIMED_OFFSET, tail_keep_counts
+from mergekit_cabs.kernels import (
+    _CLAIMED_OFFSET,
+    MIX32_MULTIPLIERS,
+    MIX32_SHIFTS,
+    RANDOM_SCORE_BITS,
+    random_score_keys,
+    tail_keep_counts,
+)
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
+_TILE = 4096  # elements per tile: scratch of k + 3 float32 rows stays in L1/L2
+_OFFSET = np.uint32(_CLAIMED_OFFSET)
+_NO_KEY = np.uint32(0xFFFFFFFF)  # above every key (the largest is a free NaN, 0xFF800000)
+_ABS = np.uint32(0x7FFFFFFF)
+_U32 = np.uint64(0xFFFFFFFF)
+_SHIFTS = tuple(np.uint64(s) for s in MIX32_SHIFTS)
+_MULTIPLIERS = tuple(np.uint64(c) for c in MIX32_MULTIPLIERS)
+_DRAW_SHIFT = np.uint64(32 - RANDOM_SCORE_BITS)
+_DRAW_STEP = np.float32(2.0 ** -RANDOM_SCORE_BITS)
+_RADIX_BITS = 16  # per-tensor selection: two histogram passes of 2^16 bins
 
-@njit(cache=True)
-def _threshold(keys, length, quota):
-    """A threshold ``t`` with ``#{key > t} < quota <= #{key >= t}``, decided bit by bit from
-    the highest bit where the keys differ: the quota-th largest key, or, as soon as some
-    candidate has exactly ``quota`` keys at or above it, that candidate (same selection, and
-    random blocks stop after a few bits instead of ~28)."""
-    low, high = keys[0], keys[0]
-    for j in range(length):
-        low = min(low, keys[j])
-        high = max(high, keys[j])
-    top = 31
-    while top >= 0 and not ((low ^ high) >> np.uint32(top)) & np.uint32(1):
-        top -= 1
-    threshold = low & ~((np.uint32(2) << np.uint32(top)) - np.uint32(1)) if top < 31 else np.uint32(0)
-    for bit in range(top, -1, -1):
-        candidate = threshold | (np.uint32(1) << np.uint32(bit))
-        count = np.int32(0)
-        for j in range(length):
-            count += np.int32(keys[j] >= candidate)
-        if count == quota:
-            return candidate
-        threshold = candidate if count > quota else threshold
-    return threshold
+
+@intrinsic
+def _pointer(typingctx, address):
+    """The integer ``address`` (a tensor's ``data_ptr()``) as a void pointer."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(types.int64), codegen
 
 
 @njit(cache=True)
-def _select_top(keys, length, quota, keep):
-    """``keep[j]`` for the ``quota`` largest of ``keys[:length]``, the lowest index first
-    among equals (as ``kernels.top_k_rows``)."""
-    if quota <= 0:
-        keep[:length] = False
-        return
-    if quota >= length:
-        keep[:length] = True
-        return
-    threshold = _threshold(keys, length, quota)
-    room = quota
-    for j in range(length):
-        room -= keys[j] > threshold
-    ties_seen = 0
-    for j in range(length):
-        tie = keys[j] == threshold
-        ties_seen += tie
-        keep[j] = (keys[j] > threshold) | (tie & (ties_seen <= room))
-
-
-@njit(cache=True)
-def _load_block(source, start, length, bf16, bits_out, floats_out):
-    """``floats_out[:length]`` = float32 values of ``source[start:start + length]``."""
+def _load_floats(address, start, length, bf16, tile):
+    """``tile[:length]`` = float32 values of elements ``start..start+length`` of the flat
+    bf16 (upper half of a float32) or float32 tensor at ``address``."""
     if bf16:
+        source = numba.carray(_pointer(address + 2 * start), length, np.uint16)
+        bits = tile.view(np.uint32)
         for j in range(length):
-            bits_out[j] = np.uint32(source[start + j]) << np.uint32(16)
+            bits[j] = np.uint32(source[j]) << np.uint32(16)
+    else:
+        source32 = numba.carray(_pointer(address + 4 * start), length, np.float32)
+        for j in range(length):
+            tile[j] = source32[j]
+
+
+@njit(cache=True)
+def _load_tau(address, start, length, bf16, base_vals, tau):
+    """``tau[:length] = f32(tuned) - f32(base)`` on the tile, ``tuned`` at ``address``."""
+    _load_floats(address, start, length, bf16, tau)
+    for j in range(length):
+        tau[j] = tau[j] - base_vals[j]
+
+
+@njit(cache=True)
+def _mix32(x):
+    """``kernels.mix32`` of a 32-bit word held in uint64."""
+    x ^= x >> _SHIFTS[0]
+    x = (x * _MULTIPLIERS[0]) & _U32
+    x ^= x >> _SHIFTS[1]
+    x = (x * _MULTIPLIERS[1]) & _U32
+    return x ^ (x >> _SHIFTS[2])
+
+
+@njit(cache=True)
+def _random_draws(k1, k2, first, length, tile):
+    """``kernels.random_scores`` of positions ``first..first+length``:
+    ``u = (mix32((mix32(p ^ k1) + k2) mod 2^32) >> 8) * 2^-24``."""
+    for j in range(length):
+        position = np.uint64(first + j)
+        bits = _mix32((_mix32(position ^ k1) + k2) & _U32) >> _DRAW_SHIFT
+        tile[j] = np.float32(bits) * _DRAW_STEP
+
+
+@njit(cache=True)
+def _lifted_keys(score_bits, free_offset, length, keys):
+    """``keys[j]`` = float32 bits of ``|score_j|`` + ``free_offset[j]``: ``kernels``' key
+    (claimed positions minus ``_CLAIMED_OFFSET``) shifted up by that offset to stay unsigned;
+    free positions (offset) rank above every claimed one (0), order otherwise unchanged."""
+    for j in range(length):
+        keys[j] = (score_bits[j] & _ABS) + free_offset[j]
+
+
+@njit(cache=True)
+def _bit_length(x):
+    """Number of bits of the non-negative integer ``x``."""
+    bits = 0
+    while x:
+        x >>= 1
+        bits += 1
+    return bits
+
+
+@njit(cache=True)
+def _from_top(histogram, bins, quota):
+    """The bin holding the ``quota``-th largest entry and how many entries lie above it."""
+    above = 0
+    for b in range(bins - 1, -1, -1):
+        if above + histogram[b] >= quota:
+            return b, above
+        above += histogram[b]
+    return 0, above
+
+
+@njit(cache=True)
+def _kth_largest(keys, length, quota, histogram, candidates):
+    """The ``quota``-th largest of ``keys[:length]`` (``1 <= quota <= length``).
+
+    Radix selection: each round spans the candidates' ``[low, high]`` with at most
+    ``len(histogram)`` bins of ``2^shift`` consecutive keys, counts them, and keeps only the
+    bin holding the wanted key. It ends when that bin is one key value (``shift == 0`` or all
+    candidates equal) or is taken whole (its smallest key); each round divides the key range
+    by the bin count, so a block takes one or two rounds in practice, at most four."""
+    digit_bits = _bit_length(histogram.shape[0] - 1)
+    source = keys
+    count = length
+    need = quota
+    while True:
+        low, high = source[0], source[0]
+        for j in range(count):
+            low = min(low, source[j])
+            high = max(high, source[j])
+        if low == high:
+            return low
+        shift = max(0, _bit_length(high - low) - digit_bits)
+        bins = ((high - low) >> shift) + 1
+        histogram[:bins] = 0
+        for j in range(count):
+            histogram[(source[j] - low) >> shift] += 1
+        b, above = _from_top(histogram, bins, need)
+        need -= above
+        if shift == 0:
+            return np.uint32(low + b)
+        in_bin = 0
+        smallest = _NO_KEY
+        for j in range(count):  # compaction in place: in_bin <= j
+            key = source[j]
+            if (key - low) >> shift == b:
+                candidates[in_bin] = key
+                smallest = min(smallest, key)
+                in_bin += 1
+        if need == in_bin:
+            return smallest
+        source = candidates
+        count = in_bin
+
+
+@njit(cache=True)
+def _trivial_threshold(quota, length):
+    """``(t, room)`` keeping none of ``length`` keys (``quota <= 0``) or all of them."""
+    if quota <= 0:
+        return _NO_KEY, 0
+    return np.uint32(0), length
+
+
+@njit(cache=True)
+def _block_threshold(keys, length, quota, histogram, candidates):
+    """``(t, room)`` of a top-``quota`` selection: keep ``key > t`` and the first ``room``
+    keys equal to ``t``."""
+    if quota <= 0 or quota >= length:
+        return _trivial_threshold(quota, length)
+    threshold = _kth_largest(keys, length, quota, histogram, candidates)
+    above = 0
+    for j in range(length):
+        above += keys[j] > threshold
+    return threshold, quota - above
+
+
+@njit(cache=True)
+def _select(keys, tau, length, threshold, room, ties_seen, kept):
+    """``kept[j]`` = 1.0 where ``key_j > t``, or ``key_j == t`` and it is at most the
+    ``room``-th such tie counting from ``ties_seen`` (lowest index first), and ``tau_j != 0``
+    (zeros are never kept); else 0.0. Returns the running tie count."""
+    for j in range(length):
+        key = keys[j]
+        tie = key == threshold
+        ties_seen += tie
+        chosen = (key > threshold) | (tie & (ties_seen <= room))
+        kept[j] = np.float32(chosen & (tau[j] != 0))
+    return ties_seen
+
+
+@njit(cache=True)
+def _combine_tile(base_vals, taus, kept, length, scales, weights, lam, ties, normalize,
+                  norm_total, total, merged, divisor, out):
+    """``out[:length] = base + lam * combine(deltas)`` with ``deltas_i = (tau_i * s_i) * kept_i``
+    (a dropped entry is a signed zero; a non-finite one stays non-finite), ``combine`` the
+    float32 operations, in order, of ``kernels.ties_combine`` (sign election, agreeing sum,
+    optional division by the agreeing weights) or ``kernels.linear_combine`` (sum, optional
+    division by ``norm_total``). Overwrites ``taus`` with the deltas."""
+    k = taus.shape[0]
+    for i in range(k):
+        for j in range(length):
+            taus[i, j] = (taus[i, j] * scales[i]) * kept[i, j]
+    for j in range(length):
+        total[j] = taus[0, j]
+    for i in range(1, k):
+        for j in range(length):
+            total[j] = total[j] + taus[i, j]
+    if ties:
+        merged[:length] = 0
+        divisor[:length] = 0
+        for i in range(k):
+            for j in range(length):
+                delta = taus[i, j]
+                agree = np.float32((delta > 0) if total[j] >= 0 else (delta < 0))
+                merged[j] = merged[j] + delta * agree
+                divisor[j] = divisor[j] + agree * weights[i]
+        if normalize:
+            for j in range(length):
+                merged[j] = merged[j] / (np.float32(1.0) if divisor[j] == 0 else divisor[j])
     else:
         for j in range(length):
-            floats_out[j] = source[start + j]
-
-
-@njit(cache=True)
-def _load_taus(base_vals, tuned, start, length, bf16, tuned_bits, taus):
-    """``taus[:length]`` = float32 ``tuned[start:start + length] - base_vals[:length]``."""
-    tuned_vals = tuned_bits.view(np.float32)
-    _load_block(tuned, start, length, bf16, tuned_bits, tuned_vals)
+            merged[j] = total[j] / norm_total if normalize else total[j]
     for j in range(length):
-        taus[j] = tuned_vals[j] - base_vals[j]
-
-
-@njit(cache=True)
-def _combine(deltas, weights, ties, normalize, norm_total):
-    """``combine(deltas)`` of one position, the float32 operations of ``kernels.ties_combine``
-    (sign election, agreeing sum, optional division by the agreeing weights) or
-    ``kernels.linear_combine`` (sum, optional division by ``norm_total``) in their order."""
-    k = len(deltas)
-    if ties:
-        total = deltas[0]
-        for i in range(1, k):
-            total = total + deltas[i]
-        positive = total >= 0
-        merged = np.float32(0.0)
-        divisor = np.float32(0.0)
-        for i in range(k):
-            agree = ((deltas[i] > 0) & positive) | ((deltas[i] < 0) & (not positive))
-            agree_f = np.float32(agree)
-            merged = merged + deltas[i] * agree_f
-            divisor = divisor + agree_f * weights[i]
-        if normalize:
-            merged = merged / (np.float32(1.0) if divisor == 0 else divisor)
-        return merged
-    merged = deltas[0]
-    for i in range(1, k):
-        merged = merged + deltas[i]
-    if normalize:
-        merged = merged / norm_total
-    return merged
+        out[j] = base_vals[j] + lam * merged[j]
 
 
 @njit(parallel=True, cache=True)
-def _nm_merge(base, tuned, bf16, ns, tail_ns, block_size, scales, weights, lam, ties, normalize,
-              norm_total, conflict_aware, n_groups, out):
-    numel = base.shape[0]
-    k = len(tuned)
+def _nm_merge(addresses, bf16, numel, ns, tail_ns, block_size, scales, weights, lam, ties,
+              normalize, norm_total, conflict_aware, n_groups, out):
+    """n:m merge of the flat tensors at ``addresses`` (base, then the ``k`` fine-tunes):
+    task ``i`` keeps ``ns[i]`` of every full block (``tail_ns[i]`` of the short last one),
+    in order, a position kept by an earlier task ranking below every free one when
+    ``conflict_aware``. Thread groups take contiguous runs of whole tiles of whole blocks."""
+    k = addresses.shape[0] - 1
     n_blocks = (numel + block_size - 1) // block_size
-    offset = np.uint32(_CLAIMED_OFFSET)
+    tile_blocks = max(1, _TILE // block_size)
+    tile_size = tile_blocks * block_size
+    histogram_bins = 1 << min(11, max(4, _bit_length(block_size)))
     for group in prange(n_groups):
-        base_bits = np.empty(block_size, np.uint32)
-        base_vals = base_bits.view(np.float32)
-        tuned_bits = np.empty(block_size, np.uint32)
-        taus = np.empty((k, block_size), np.float32)
-        tau_bits = taus.view(np.int32)
-        keys = np.empty(block_size, np.uint32)
-        keep = np.empty((k, block_size), np.bool_)
-        claimed = np.empty(block_size, np.bool_)
-        deltas = np.empty(k, np.float32)
-        first = group * n_blocks // n_groups
-        stop = (group + 1) * n_blocks // n_groups
-        for block in range(first, stop):
-            start = block * block_size
-            length = min(block_size, numel - start)
-            _load_block(base, start, length, bf16, base_bits, base_vals)
+        base_vals = np.empty(tile_size, np.float32)
+        taus = np.empty((k, tile_size), np.float32)
+        kept = np.empty((k, tile_size), np.float32)
+        keys = np.empty(tile_size, np.uint32)
+        free_offset = np.empty(tile_size, np.uint32)
+        candidates = np.empty(block_size, np.uint32)
+        histogram = np.empty(histogram_bins, np.int32)
+        total = np.empty(tile_size, np.float32)
+        merged = np.empty(tile_size, np.float32)
+        divisor = np.empty(tile_size, np.float32)
+        first_block = group * n_blocks // n_groups
+        stop_block = (group + 1) * n_blocks // n_groups
+        for tile_block in range(first_block, stop_block, tile_blocks):
+            start = tile_block * block_size
+            length = min(stop_block * block_size, numel) - start
+            length = min(length, tile_size)
+            _load_floats(addresses[0], start, length, bf16, base_vals)
             for i in range(k):
-                _load_taus(base_vals, tuned[i], start, length, bf16, tuned_bits, taus[i])
-            claimed[:length] = False
+                _load_tau(addresses[i + 1], start, length, bf16, base_vals, taus[i])
+            free_offset[:length] = _OFFSET
             for i in range(k):
-                quota = ns[i] if length == block_size else tail_ns[i]
-                # kernels' key minus the claimed offset, shifted up by that offset to stay
-                # non-negative: free keys lie above every claimed one, order unchanged.
-                for j in range(length):
-                    free = not (conflict_aware and claimed[j])
-                    keys[j] = np.uint32(tau_bits[i, j] & 0x7FFFFFFF) + np.uint32(free) * offset
-                _select_top(keys, length, quota, keep[i])
-                for j in range(length):
-                    kept = keep[i, j] & (taus[i, j] != 0)
-                    keep[i, j] = kept
-                    claimed[j] |= kept
-            for j in range(length):
-                for i in range(k):
-                    deltas[i] = (taus[i, j] * scales[i]) * np.float32(1.0 if keep[i, j] else 0.0)
-                out[start + j] = base_vals[j] + lam * _combine(deltas, weights, ties, normalize, norm_total)
-
-
-_TILE = 4096
+                _lifted_keys(taus[i].view(np.uint32), free_offset, length, keys)
+                for lo in range(0, length, block_size):
+                    width = min(block_size, length - lo)
+                    quota = ns[i] if width == block_size else tail_ns[i]
+                    block_keys = keys[lo:lo + width]
+                    threshold, room = _block_threshold(block_keys, width, quota, histogram, candidates)
+                    _select(block_keys, taus[i, lo:lo + width], width, threshold, room, 0,
+                            kept[i, lo:lo + width])
+                if conflict_aware:
+                    for j in range(length):
+                        free_offset[j] = np.uint32(0) if kept[i, j] != 0 else free_offset[j]
+            _combine_tile(base_vals, taus, kept, length, scales, weights, lam, ties, normalize,
+                          norm_total, total, merged, divisor, out[start:start + length])
 
 
 @njit(cache=True)
@@ -174,99 +312,125 @@ def _group_span(group, n_groups, numel):
 
 
 @njit(cache=True)
-def _from_top(histogram, quota):
-    """The bin holding the ``quota``-th largest entry, and how many entries lie above it."""
-    above = 0
-    for b in range(histogram.shape[0] - 1, -1, -1):
-        if above + histogram[b] >= quota:
-            return b, above
-        above += histogram[b]
-    return 0, above
+def _free_offsets(claims, task, start, length, conflict_aware, free_offset):
+    """``free_offset[j]`` = ``_CLAIMED_OFFSET`` unless a task before ``task`` kept position
+    ``start + j`` (bit ``i`` of ``claims[i // 8]``) and the merge is conflict-aware, else 0."""
+    free_offset[:length] = _OFFSET
+    if not conflict_aware or task == 0:
+        return
+    for row in range(task // 8 + 1):
+        earlier = np.uint8(0xFF) if row < task // 8 else np.uint8((1 << (task % 8)) - 1)
+        bits = claims[row, start:start + length]
+        for j in range(length):
+            free_offset[j] = np.uint32(0) if bits[j] & earlier else free_offset[j]
+
+
+@njit(cache=True)
+def _task_tile_keys(addresses, bf16, task, start, length, draw_keys, claims, conflict_aware,
+                    need_tau, base_vals, tau, draws, free_offset, keys):
+    """Keys of ``task`` on one tile (``|tau|`` or its random draws, lifted when free) and,
+    in ``tau``, its float32 task vector there (for random keys only if ``need_tau``)."""
+    _free_offsets(claims, task, start, length, conflict_aware, free_offset)
+    random = draw_keys.shape[0] > 0
+    if need_tau or not random:
+        _load_floats(addresses[0], start, length, bf16, base_vals)
+        _load_tau(addresses[task + 1], start, length, bf16, base_vals, tau)
+    if random:
+        _random_draws(draw_keys[task, 0], draw_keys[task, 1], start, length, draws)
+        _lifted_keys(draws.view(np.uint32), free_offset, length, keys)
+    else:
+        _lifted_keys(tau.view(np.uint32), free_offset, length, keys)
 
 
 @njit(parallel=True, cache=True)
-def _magnitude_merge(base, tuned, bf16, quotas, score_bits, scales, weights, lam, ties, normalize,
-                     norm_total, conflict_aware, n_groups, out):
-    """Per-tensor masks (one block spanning the flat tensor), then the combine.
+def _tensor_merge(addresses, bf16, numel, quotas, draw_keys, scales, weights, lam, ties,
+                  normalize, norm_total, conflict_aware, n_groups, out):
+    """Per-tensor merge (one block spanning the flat tensor) of the tensors at ``addresses``.
 
-    Task ``i`` ranks its positions by ``|tau_i|``, or by the float32 bits ``score_bits[i]``
-    when given (the DARE variants' random draws; an empty array otherwise).
-
-    Task ``i``'s threshold, its ``quotas[i]``-th largest key, comes from a radix selection on
-    16 + 16 bits (two histogram passes split over threads); the lowest-index-first rule
-    among keys equal to it, from a prefix sum of per-group tie counts. Same masks as
-    ``kernels.block_top_mask`` with one block, in a few O(numel) passes per task, with no
-    float32 copy of a task vector kept."""
-    numel = base.shape[0]
-    k = len(tuned)
-    offset = np.uint32(_CLAIMED_OFFSET)
-    keys = np.empty(numel, np.uint32)
-    keep = np.empty((k, numel), np.bool_)
-    claimed = np.zeros(numel, np.bool_)
-    histograms = np.empty((n_groups, 1 << 16), np.int64)
+    Task ``i`` keeps its ``quotas[i]`` largest keys: ``|tau_i|``, or its random draws when
+    ``draw_keys`` holds a ``(k1, k2)`` row per task (DARE). Its threshold comes from a radix
+    selection on the high then the low 16 key bits (two histogram passes split over thread
+    groups); the lowest-index-first rule among keys equal to it, from a prefix sum of the
+    groups' tie counts; a third pass records the kept positions, one bit per task and element
+    in ``claims``. Keys are recomputed in every pass, not stored. A last pass combines."""
+    k = addresses.shape[0] - 1
+    claims = np.zeros(((k + 7) // 8, numel), np.uint8)
+    histograms = np.zeros((n_groups, 1 << _RADIX_BITS), np.int64)
     ties_before = np.zeros(n_groups + 1, np.int64)
-    scored = score_bits.shape[0] > 0
+    low_bits = np.uint32((1 << _RADIX_BITS) - 1)
     for i in range(k):
         quota = quotas[i]
-        histograms[:] = 0
+        ties_before[:] = 0
+        if quota <= 0 or quota >= numel:
+            threshold, room = _trivial_threshold(quota, numel)
+        else:
+            high, above, low, above_low = 0, 0, 0, 0
+            for digit in range(2):
+                histograms[:] = 0
+                for group in prange(n_groups):
+                    base_vals = np.empty(_TILE, np.float32)
+                    tau = np.empty(_TILE, np.float32)
+                    draws = np.empty(_TILE, np.float32)
+                    free_offset = np.empty(_TILE, np.uint32)
+                    keys = np.empty(_TILE, np.uint32)
+                    first, stop = _group_span(group, n_groups, numel)
+                    for start in range(first, stop, _TILE):
+                        length = min(_TILE, stop - start)
+                        _task_tile_keys(addresses, bf16, i, start, length, draw_keys, claims,
+                                        conflict_aware, False, base_vals, tau, draws, free_offset, keys)
+                        if digit == 0:
+                            for j in range(length):
+                                histograms[group, keys[j] >> _RADIX_BITS] += 1
+                        else:
+                            for j in range(length):
+                                if keys[j] >> _RADIX_BITS == high:
+                                    histograms[group, keys[j] & low_bits] += 1
+                total = histograms.sum(axis=0)
+                if digit == 0:
+                    high, above = _from_top(total, total.shape[0], quota)
+                else:
+                    low, above_low = _from_top(total, total.shape[0], quota - above)
+            threshold = np.uint32((high << _RADIX_BITS) | low)
+            room = quota - above - above_low
+            for group in range(n_groups):  # each group's keys equal to the threshold: its bin `low`
+                ties_before[group + 1] = ties_before[group] + histograms[group, low]
         for group in prange(n_groups):
-            base_bits = np.empty(_TILE, np.uint32)
-            tuned_bits = np.empty(_TILE, np.uint32)
-            taus = np.empty(_TILE, np.float32)
-            tau_bits = taus.view(np.int32)
+            base_vals = np.empty(_TILE, np.float32)
+            tau = np.empty(_TILE, np.float32)
+            draws = np.empty(_TILE, np.float32)
+            free_offset = np.empty(_TILE, np.uint32)
+            keys = np.empty(_TILE, np.uint32)
+            kept = np.empty(_TILE, np.float32)
+            seen = ties_before[group]
             first, stop = _group_span(group, n_groups, numel)
             for start in range(first, stop, _TILE):
                 length = min(_TILE, stop - start)
-                _load_block(base, start, length, bf16, base_bits, base_bits.view(np.float32))
-                _load_taus(base_bits.view(np.float32), tuned[i], start, length, bf16, tuned_bits, taus)
+                _task_tile_keys(addresses, bf16, i, start, length, draw_keys, claims,
+                                conflict_aware, True, base_vals, tau, draws, free_offset, keys)
+                seen = _select(keys, tau, length, threshold, room, seen, kept)
+                bit = np.uint8(1 << (i % 8))
+                row = claims[i // 8, start:start + length]
                 for j in range(length):
-                    free = not (conflict_aware and claimed[start + j])
-                    bits = score_bits[i, start + j] if scored else tau_bits[j]
-                    key = np.uint32(bits & 0x7FFFFFFF) + np.uint32(free) * offset
-                    keys[start + j] = key
-                    keep[i, start + j] = taus[j] != 0  # zeros are never kept
-                    histograms[group, key >> np.uint32(16)] += 1
-        high, above = _from_top(histograms.sum(axis=0), quota)
-        histograms[:] = 0
-        for group in prange(n_groups):
-            first, stop = _group_span(group, n_groups, numel)
-            for j in range(first, stop):
-                if keys[j] >> np.uint32(16) == high:
-                    histograms[group, keys[j] & np.uint32(0xFFFF)] += 1
-        low, above_low = _from_top(histograms.sum(axis=0), quota - above)
-        threshold = (np.uint32(high) << np.uint32(16)) | np.uint32(low)
-        room = quota - above - above_low
-        # _select_top's edge cases: keep none, or every non-zero entry.
-        keep_any, keep_all = quota > 0, quota >= numel
-        for group in range(n_groups):  # each group's keys equal to the threshold: its bin `low`
-            ties_before[group + 1] = ties_before[group] + histograms[group, low]
-        for group in prange(n_groups):
-            first, stop = _group_span(group, n_groups, numel)
-            seen = ties_before[group]
-            for j in range(first, stop):
-                key = keys[j]
-                tie = key == threshold
-                seen += tie
-                chosen = keep_all | ((key > threshold) | (tie & (seen <= room)))
-                kept = chosen & keep_any & keep[i, j]
-                keep[i, j] = kept
-                claimed[j] |= kept
+                    row[j] |= bit if kept[j] != 0 else np.uint8(0)
     for group in prange(n_groups):
-        base_bits = np.empty(_TILE, np.uint32)
-        tuned_bits = np.empty(_TILE, np.uint32)
+        base_vals = np.empty(_TILE, np.float32)
         taus = np.empty((k, _TILE), np.float32)
-        deltas = np.empty(k, np.float32)
+        kept = np.empty((k, _TILE), np.float32)
+        total = np.empty(_TILE, np.float32)
+        merged = np.empty(_TILE, np.float32)
+        divisor = np.empty(_TILE, np.float32)
         first, stop = _group_span(group, n_groups, numel)
         for start in range(first, stop, _TILE):
             length = min(_TILE, stop - start)
-            base_vals = base_bits.view(np.float32)
-            _load_block(base, start, length, bf16, base_bits, base_vals)
+            _load_floats(addresses[0], start, length, bf16, base_vals)
             for i in range(k):
-                _load_taus(base_vals, tuned[i], start, length, bf16, tuned_bits, taus[i])
-            for j in range(length):
-                for i in range(k):
-                    deltas[i] = (taus[i, j] * scales[i]) * np.float32(1.0 if keep[i, start + j] else 0.0)
-                out[start + j] = base_vals[j] + lam * _combine(deltas, weights, ties, normalize, norm_total)
+                _load_tau(addresses[i + 1], start, length, bf16, base_vals, taus[i])
+                bit = np.uint8(1 << (i % 8))
+                row = claims[i // 8, start:start + length]
+                for j in range(length):
+                    kept[i, j] = np.float32((row[j] & bit) != 0)
+            _combine_tile(base_vals, taus, kept, length, scales, weights, lam, ties, normalize,
+                          norm_total, total, merged, divisor, out[start:start + length])
 
 
 def supports(base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> bool:
@@ -274,13 +438,6 @@ def supports(base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> bool:
     return base.device.type == "cpu" and base.dtype in SUPPORTED_DTYPES and all(
         t.dtype == base.dtype and t.device.type == "cpu" for t in tuned
     )
-
-
-def _as_array(tensor: torch.Tensor) -> np.ndarray:
-    flat = tensor.detach().reshape(-1).contiguous()
-    if flat.dtype == torch.bfloat16:
-        return flat.view(torch.int16).numpy().view(np.uint16)
-    return flat.numpy()
 
 
 def compiled_merge_chunk(
@@ -295,26 +452,28 @@ def compiled_merge_chunk(
     normalize: bool,
     norm_total: float,
     conflict_aware: bool,
-    scores: Optional[torch.Tensor] = None,
+    seeds: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """Float32 result of the merge of one flat chunk (see ``kernels.merge_chunk``): task ``i``
     keeps ``ns[i]`` of every block of ``block_size``, or, if ``None``, of the whole chunk,
-    ranked by ``|tau_i|`` or by row ``i`` of ``scores`` (non-negative float32, ``(k, numel)``;
-    whole chunk only)."""
+    ranked by ``|tau_i|`` or, when ``seeds`` are given, by ``kernels.random_scores`` of
+    ``seeds[i]`` (whole chunk only)."""
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
+    flat = [t.detach().reshape(-1).contiguous() for t in (base, *tuned)]  # alive for the call
     numel = base.numel()
-    args = (_as_array(base), tuple(_as_array(t) for t in tuned), base.dtype == torch.bfloat16,
-            np.asarray(ns, np.int64))
+    addresses = np.array([t.data_ptr() for t in flat], np.int64)
     combine = (np.asarray(scales, np.float32), np.asarray(weights, np.float32), np.float32(lam),
                ties, normalize, np.float32(norm_total), conflict_aware)
     out = np.empty(numel, np.float32)
+    quotas = np.asarray(ns, np.int64)
+    bf16 = base.dtype == torch.bfloat16
     if block_size is None:
-        score_bits = (torch.empty(0, 0) if scores is None else scores).view(torch.int32).numpy()
-        _magnitude_merge(*args, score_bits, *combine,
-                         max(1, min(-(-numel // _TILE), 16 * threads)), out)
+        draw_keys = np.array([random_score_keys(s) for s in seeds or ()], np.uint64).reshape(-1, 2)
+        _tensor_merge(addresses, bf16, numel, quotas, draw_keys, *combine,
+                      max(1, min(-(-numel // _TILE), 4 * threads)), out)
     else:
         tail_ns = tail_keep_counts(ns, numel % block_size, block_size, conflict_aware)
-        _nm_merge(*args, np.asarray(tail_ns, np.int64), block_size, *combine,
-                  min(-(-numel // block_size), 16 * threads), out)
+        _nm_merge(addresses, bf16, numel, quotas, np.asarray(tail_ns, np.int64), block_size,
+                  *combine, max(1, min(-(-numel // block_size), 4 * threads)), out)
     return torch.from_numpy(out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import zlib
 from dataclasses import dataclass
 from enum import Enum
@@ -339,9 +340,16 @@ def task_masks(
     return [nm_mask(t, n, m) for t, n in zip(taus, ns)]
 
 
+# Set to 1 to run the torch path on CPU too (the reference; what runs without numba).
+TORCH_KERNELS_ENV = "MERGEKIT_CABS_TORCH_KERNELS"
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_nm_module():
-    """``mergekit_cabs.compiled_nm`` when numba is installed, else ``None`` (torch only)."""
+    """``mergekit_cabs.compiled_nm`` (numba), or ``None`` (torch only) when numba cannot be
+    imported or ``MERGEKIT_CABS_TORCH_KERNELS=1``."""
+    if os.environ.get(TORCH_KERNELS_ENV, "") not in ("", "0"):
+        return None
     try:
         from mergekit_cabs import compiled_nm
     except ImportError:
@@ -376,20 +384,15 @@ def merge_chunk(
         raise ValueError(f"random masks need one seed per model: {len(seeds)} seeds for {len(tuned)} models")
     fast = compiled_nm_module() if compiled is not False else None
     if compiled and fast is None:
-        raise RuntimeError("compiled=True needs numba: pip install 'mergekit-cabs[fast]'")
+        raise RuntimeError(f"compiled=True needs numba importable and {TORCH_KERNELS_ENV} unset")
     if fast is not None and fast.supports(base, tuned):
         # Per-tensor magnitude and random are n:m with one block spanning the tensor.
         m = block_size if recipe.sparsifier is Sparsifier.NM else None
-        scores = None
-        if recipe.sparsifier is Sparsifier.RANDOM:
-            scores = torch.empty(len(seeds), base.numel())
-            for row, seed in zip(scores, seeds):  # one draw alive at a time besides the rows
-                row.copy_(random_scores(base.shape, seed, base.device).reshape(-1))
         return fast.compiled_merge_chunk(
             base, tuned, merge_scales(recipe, weights, densities), weights,
             [keep_count(d, m or max(base.numel(), 1)) for d in densities], m, lam,
             recipe.combine is Combine.TIES, normalize, normalizer(weights), recipe.conflict_aware,
-            scores,
+            seeds if recipe.sparsifier is Sparsifier.RANDOM else None,
         )
     base32 = base.to(torch.float32)
     taus = [t.to(torch.float32) - base32 for t in tuned]
