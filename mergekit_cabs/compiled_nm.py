@@ -55,6 +55,7 @@ _SHIFTS = tuple(np.uint64(s) for s in MIX32_SHIFTS)
 _MULTIPLIERS = tuple(np.uint64(c) for c in MIX32_MULTIPLIERS)
 _DRAW_SHIFT = np.uint64(32 - RANDOM_SCORE_BITS)
 _DRAW_STEP = np.float32(2.0 ** -RANDOM_SCORE_BITS)
+_GALLOP_STEP = np.int64(1 << 20)  # first step away from a block's hint: ~1/8 of a binade of keys
 _RADIX_BITS = 16  # per-tensor selection: two histogram passes of 2^16 bins
 
 
@@ -121,16 +122,6 @@ def _lifted_keys(score_bits, free_offset, length, keys):
 
 
 @njit(cache=True)
-def _bit_length(x):
-    """Number of bits of the non-negative integer ``x``."""
-    bits = 0
-    while x:
-        x >>= 1
-        bits += 1
-    return bits
-
-
-@njit(cache=True)
 def _from_top(histogram, bins, quota):
     """The bin holding the ``quota``-th largest entry and how many entries lie above it."""
     above = 0
@@ -142,49 +133,6 @@ def _from_top(histogram, bins, quota):
 
 
 @njit(cache=True)
-def _kth_largest(keys, length, quota, histogram, candidates):
-    """The ``quota``-th largest of ``keys[:length]`` (``1 <= quota <= length``).
-
-    Radix selection: each round spans the candidates' ``[low, high]`` with at most
-    ``len(histogram)`` bins of ``2^shift`` consecutive keys, counts them, and keeps only the
-    bin holding the wanted key. It ends when that bin is one key value (``shift == 0`` or all
-    candidates equal) or is taken whole (its smallest key); each round divides the key range
-    by the bin count, so a block takes one or two rounds in practice, at most four."""
-    digit_bits = _bit_length(histogram.shape[0] - 1)
-    source = keys
-    count = length
-    need = quota
-    while True:
-        low, high = source[0], source[0]
-        for j in range(count):
-            low = min(low, source[j])
-            high = max(high, source[j])
-        if low == high:
-            return low
-        shift = max(0, _bit_length(high - low) - digit_bits)
-        bins = ((high - low) >> shift) + 1
-        histogram[:bins] = 0
-        for j in range(count):
-            histogram[(source[j] - low) >> shift] += 1
-        b, above = _from_top(histogram, bins, need)
-        need -= above
-        if shift == 0:
-            return np.uint32(low + b)
-        in_bin = 0
-        smallest = _NO_KEY
-        for j in range(count):  # compaction in place: in_bin <= j
-            key = source[j]
-            if (key - low) >> shift == b:
-                candidates[in_bin] = key
-                smallest = min(smallest, key)
-                in_bin += 1
-        if need == in_bin:
-            return smallest
-        source = candidates
-        count = in_bin
-
-
-@njit(cache=True)
 def _trivial_threshold(quota, length):
     """``(t, room)`` keeping none of ``length`` keys (``quota <= 0``) or all of them."""
     if quota <= 0:
@@ -193,23 +141,63 @@ def _trivial_threshold(quota, length):
 
 
 @njit(cache=True)
-def _block_threshold(keys, length, quota, histogram, candidates):
-    """``(t, room)`` of a top-``quota`` selection: keep ``key > t`` and the first ``room``
-    keys equal to ``t``."""
+def _count_at_least(keys, length, threshold):
+    """``#{j < length : keys[j] >= threshold}`` (branch-free: vectorises)."""
+    count = 0
+    for j in range(length):
+        count += keys[j] >= threshold
+    return count
+
+
+@njit(cache=True)
+def _block_threshold(keys, length, quota, hint):
+    """``(t, room)`` of a top-``quota`` selection of ``keys[:length]``: keep ``key > t`` and
+    the first ``room`` keys equal to ``t``.
+
+    Search, one vectorised count per step, for the largest ``t`` with ``#{key >= t} >= quota``
+    (the quota-th largest key; then ``room = quota - #{key > t}``) inside ``[min, max]``. It
+    stops early at a ``c`` with exactly ``quota`` keys ``>= c``: those are the winners,
+    whatever the keys below, so ``(c - 1, 0)``. Neighbouring blocks have similar thresholds,
+    so the first probe is ``hint`` (the last block's), then probes gallop away from it in
+    growing steps until the count crosses ``quota``, then bisection. The result does not
+    depend on ``hint``; the step count does: ~log2(|t - hint| / gap at t), not 32."""
     if quota <= 0 or quota >= length:
         return _trivial_threshold(quota, length)
-    threshold = _kth_largest(keys, length, quota, histogram, candidates)
-    above = 0
+    low, high = keys[0], keys[0]
     for j in range(length):
-        above += keys[j] > threshold
-    return threshold, quota - above
+        low = min(low, keys[j])
+        high = max(high, keys[j])
+    lo, hi = np.int64(low), np.int64(high)
+    probe, step = np.int64(hint), _GALLOP_STEP
+    galloping, rising, first = True, True, True
+    while lo < hi:
+        galloping = galloping and lo < probe <= hi
+        middle = probe if galloping else (lo + hi + 1) >> 1
+        count = _count_at_least(keys, length, np.uint32(middle))
+        if count == quota:
+            return np.uint32(middle - 1), 0
+        if count > quota:
+            lo = middle
+        else:
+            hi = middle - 1
+        rising = count > quota if first else rising
+        first = False
+        galloping = galloping and (count > quota) == rising
+        probe = middle + step if rising else middle - step
+        step <<= 2
+    return np.uint32(lo), quota - _count_at_least(keys, length, np.uint32(lo + 1))
 
 
 @njit(cache=True)
 def _select(keys, tau, length, threshold, room, ties_seen, kept):
     """``kept[j]`` = 1.0 where ``key_j > t``, or ``key_j == t`` and it is at most the
     ``room``-th such tie counting from ``ties_seen`` (lowest index first), and ``tau_j != 0``
-    (zeros are never kept); else 0.0. Returns the running tie count."""
+    (zeros are never kept); else 0.0. Returns the running tie count (unused when ``room`` is
+    0: no tie is kept, and that case runs branch-free)."""
+    if room == 0:
+        for j in range(length):
+            kept[j] = np.float32((keys[j] > threshold) & (tau[j] != 0))
+        return ties_seen
     for j in range(length):
         key = keys[j]
         tie = key == threshold
@@ -266,15 +254,13 @@ def _nm_merge(addresses, bf16, numel, ns, tail_ns, block_size, scales, weights, 
     n_blocks = (numel + block_size - 1) // block_size
     tile_blocks = max(1, _TILE // block_size)
     tile_size = tile_blocks * block_size
-    histogram_bins = 1 << min(11, max(4, _bit_length(block_size)))
     for group in prange(n_groups):
         base_vals = np.empty(tile_size, np.float32)
         taus = np.empty((k, tile_size), np.float32)
         kept = np.empty((k, tile_size), np.float32)
         keys = np.empty(tile_size, np.uint32)
         free_offset = np.empty(tile_size, np.uint32)
-        candidates = np.empty(block_size, np.uint32)
-        histogram = np.empty(histogram_bins, np.int32)
+        hints = np.zeros(k, np.int64)  # each task's last threshold: the next block's first probe
         total = np.empty(tile_size, np.float32)
         merged = np.empty(tile_size, np.float32)
         divisor = np.empty(tile_size, np.float32)
@@ -289,14 +275,17 @@ def _nm_merge(addresses, bf16, numel, ns, tail_ns, block_size, scales, weights, 
                 _load_tau(addresses[i + 1], start, length, bf16, base_vals, taus[i])
             free_offset[:length] = _OFFSET
             for i in range(k):
+                hint = hints[i]
                 _lifted_keys(taus[i].view(np.uint32), free_offset, length, keys)
                 for lo in range(0, length, block_size):
                     width = min(block_size, length - lo)
                     quota = ns[i] if width == block_size else tail_ns[i]
                     block_keys = keys[lo:lo + width]
-                    threshold, room = _block_threshold(block_keys, width, quota, histogram, candidates)
+                    threshold, room = _block_threshold(block_keys, width, quota, hint)
+                    hint = np.int64(threshold) + 1
                     _select(block_keys, taus[i, lo:lo + width], width, threshold, room, 0,
                             kept[i, lo:lo + width])
+                hints[i] = hint
                 if conflict_aware:
                     for j in range(length):
                         free_offset[j] = np.uint32(0) if kept[i, j] != 0 else free_offset[j]
