@@ -1,22 +1,46 @@
-"""The numba kernel gives the same bits as the torch path it replaces (n:m, magnitude, random)."""
+"""The numba kernels give the same bits as the torch path they replace (n:m, magnitude, random)."""
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+import mergekit_cabs
+from mergekit_cabs import kernels
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
 
-pytest.importorskip("numba")
+compiled_nm = pytest.importorskip("mergekit_cabs.compiled_nm")
 
 COMPILED_RECIPES = [Recipe(s, ca, c) for s in Sparsifier for ca in (False, True) for c in Combine]
+CASES = [  # shape, k, block_size, densities, weights
+    ((67, 45), 3, 64, [0.25, 0.25, 0.25], [1.2, 0.9, 1.1]),
+    ((300,), 1, 16, [0.3], [1.7]),
+    ((13, 31), 5, 8, [0.5, 0.4, 0.3, 0.2, 0.1], [1.0, 0.5, 1.5, 1.0, 2.0]),
+    ((9, 100), 3, 256, [0.6, 0.7, 0.5], [1.0, -0.5, 0.8]),
+    # 15 tiles: the per-tensor kernel's thread groups split the tensor, ties straddle them
+    ((300, 200), 3, 64, [0.25, 0.3, 0.2], [1.0, 1.0, 0.7]),
+    # more than 8 tasks: the per-tensor masks take a second byte per element
+    ((40, 24), 9, 32, [0.1] * 9, [1.0] * 9),
+]
 
 
-def inputs(shape, k, dtype, tie_heavy, seed):
+def inputs(shape, k, dtype, kind, seed):
+    """base and ``k`` fine-tunes whose task vectors are ``smooth`` (Gaussian), ``tie-heavy``
+    (few distinct magnitudes, many exact zeros) or ``zero-heavy`` (50-90 % exact zeros)."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=g).to(dtype)
-    if tie_heavy:  # few distinct magnitudes, many exact zeros, as bf16 deltas have
+    if kind == "tie-heavy":
         deltas = [torch.randint(-3, 4, shape, generator=g).float() * 0.0625 for _ in range(k)]
     else:
         deltas = [torch.randn(shape, generator=g) * 0.02 for _ in range(k)]
+    if kind == "zero-heavy":
+        zero_shares = torch.linspace(0.5, 0.9, k)
+        deltas = [d * (torch.rand(shape, generator=g) >= p) for d, p in zip(deltas, zero_shares)]
     return base, [(base.float() + d).to(dtype) for d in deltas]
 
 
@@ -24,24 +48,110 @@ def bits(t):
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t.view(torch.int32)
 
 
+def merge_both_ways(recipe, case, dtype, kind, normalize, seed, chunk_blocks=7):
+    shape, k, block_size, densities, weights = case
+    base, tuned = inputs(shape, k, dtype, kind, seed)
+    seeds = [1000 * seed + i for i in range(k)]
+    args = (recipe, base, tuned, weights, densities, block_size, 0.8, normalize, seeds)
+    return (merge_tensor(*args, chunk_blocks=chunk_blocks, compiled=True),
+            merge_tensor(*args, compiled=False))
+
+
 @pytest.mark.parametrize("recipe", COMPILED_RECIPES,
                          ids=lambda r: f"{r.sparsifier.name}-ca{int(r.conflict_aware)}-{r.combine.value}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("tie_heavy", [False, True], ids=["smooth", "tie-heavy"])
+@pytest.mark.parametrize("kind", ["smooth", "tie-heavy", "zero-heavy"])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_compiled_merge_equals_torch_path_bit_for_bit(recipe, dtype, tie_heavy, normalize):
-    for seed, (shape, k, block_size, densities, weights) in enumerate([
-        ((67, 45), 3, 64, [0.25, 0.25, 0.25], [1.2, 0.9, 1.1]),
-        ((300,), 1, 16, [0.3], [1.7]),
-        ((13, 31), 5, 8, [0.5, 0.4, 0.3, 0.2, 0.1], [1.0, 0.5, 1.5, 1.0, 2.0]),
-        ((9, 100), 3, 256, [0.6, 0.7, 0.5], [1.0, -0.5, 0.8]),
-        # 15 tiles: magnitude's threads split the tensor, so ties straddle their boundaries
-        ((300, 200), 3, 64, [0.25, 0.3, 0.2], [1.0, 1.0, 0.7]),
-    ]):
-        base, tuned = inputs(shape, k, dtype, tie_heavy, seed)
-        seeds = [1000 * seed + i for i in range(k)]
-        args = (recipe, base, tuned, weights, densities, block_size, 0.8, normalize, seeds)
-        fast = merge_tensor(*args, chunk_blocks=7, compiled=True)
-        simple = merge_tensor(*args, compiled=False)
+def test_compiled_merge_equals_torch_path_bit_for_bit(recipe, dtype, kind, normalize):
+    for seed, case in enumerate(CASES):
+        fast, simple = merge_both_ways(recipe, case, dtype, kind, normalize, seed)
         assert fast.dtype == dtype
-        assert torch.equal(bits(fast), bits(simple)), (shape, k, block_size)
+        assert torch.equal(bits(fast), bits(simple)), case
+
+
+def test_random_draws_in_the_kernel_equal_random_scores():
+    seed, first, length = 12345, (1 << 32) - 3000, 3000  # up to the last position a draw covers
+    k1, k2 = kernels.random_score_keys(seed)
+    draws = np.empty(length, np.float32)
+    compiled_nm._random_draws(np.uint64(k1), np.uint64(k2), first, length, draws)
+    expected = kernels.random_scores((length,), seed, torch.device("cpu"), offset=first)
+    assert torch.equal(torch.from_numpy(draws).view(torch.int32), expected.view(torch.int32))
+
+
+@pytest.mark.skipif(compiled_nm.numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+@pytest.mark.parametrize("recipe", [Recipe(Sparsifier.NM, True, Combine.SUM),
+                                    Recipe(Sparsifier.MAGNITUDE, True, Combine.TIES),
+                                    Recipe(Sparsifier.RANDOM, True, Combine.SUM)],
+                         ids=lambda r: r.sparsifier.name)
+def test_compiled_merge_does_not_depend_on_the_thread_count(recipe):
+    base, tuned = inputs((301, 203), 3, torch.bfloat16, "tie-heavy", seed=3)
+    args = (recipe, base, tuned, [1.0, 0.8, 1.2], [0.25, 0.3, 0.2], 64, 1.0, False, [7, 8, 9])
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)  # the compiled kernels follow torch's thread count
+            results.append(merge_tensor(*args, compiled=True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(bits(results[0]), bits(results[1]))
+
+
+def test_compiled_nm_merge_does_not_depend_on_chunking():
+    case = ((97, 64), 3, 16, [0.25, 0.25, 0.3], [1.0, 1.0, 1.0])
+    recipe = Recipe(Sparsifier.NM, True, Combine.TIES)
+    whole, _ = merge_both_ways(recipe, case, torch.bfloat16, "tie-heavy", False, seed=5, chunk_blocks=None)
+    for chunk_blocks in (1, 5, 64):
+        chunked, _ = merge_both_ways(recipe, case, torch.bfloat16, "tie-heavy", False, seed=5,
+                                     chunk_blocks=chunk_blocks)
+        assert torch.equal(bits(chunked), bits(whole)), chunk_blocks
+
+
+def test_torch_kernels_switch_turns_the_compiled_path_off(monkeypatch):
+    monkeypatch.setenv(kernels.TORCH_KERNELS_ENV, "1")
+    kernels.compiled_nm_module.cache_clear()
+    try:
+        assert kernels.compiled_nm_module() is None
+        base, tuned = inputs((8, 8), 1, torch.float32, "smooth", seed=0)
+        with pytest.raises(RuntimeError, match=kernels.TORCH_KERNELS_ENV):
+            merge_tensor(Recipe(Sparsifier.NM, False, Combine.SUM), base, tuned, [1.0], [0.5], 8,
+                         compiled=True)
+    finally:
+        kernels.compiled_nm_module.cache_clear()
+
+
+CACHE_PROBE = """
+import torch
+from mergekit_cabs import compiled_nm
+from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
+base = torch.zeros(64)
+merge_tensor(Recipe(Sparsifier.NM, False, Combine.SUM), base, [base + 1], [1.0], [0.5], 16, compiled=True)
+stats = compiled_nm._nm_merge.stats
+print(compiled_nm.__file__, sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+def test_jit_cache_works_when_the_package_directory_is_read_only(tmp_path):
+    """numba writes its cache beside the module when it can, else to the user-wide cache
+    directory; a second process loads the kernel from there instead of compiling it."""
+    package = tmp_path / "site" / "mergekit_cabs"
+    shutil.copytree(Path(mergekit_cabs.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "__pycache__").write_text("")  # not a directory: unwritable even for root
+    package.chmod(0o555)
+    cache_home = tmp_path / "cache"
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    env.update(PYTHONPATH=str(package.parent), XDG_CACHE_HOME=str(cache_home), HOME=str(tmp_path))
+    try:
+        runs = [subprocess.run([sys.executable, "-c", CACHE_PROBE], capture_output=True, text=True,
+                               env=env, cwd=tmp_path, timeout=600) for _ in range(2)]
+    finally:
+        package.chmod(0o755)
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    (first_file, first_hits, first_misses), (_, second_hits, second_misses) = (
+        run.stdout.split() for run in runs)
+    assert Path(first_file).parent == package
+    assert (first_hits, first_misses) == ("0", "1")
+    assert (second_hits, second_misses) == ("1", "0")
+    assert any((cache_home / "numba").rglob("*.nbi"))

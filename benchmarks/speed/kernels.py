@@ -2,11 +2,13 @@
 
     python benchmarks/speed/kernels.py [--threads 2] [--rows 4096] [--repeats 5] [--device cpu|cuda]
 
-Times the masks (n:m, 3-task conflict-aware n:m, magnitude, DARE) on float32 task vectors and
-the whole fused conflict-aware merge of base + 3 bf16 fine-tunes (``merge_tensor`` with the
-``cabs`` recipe, chunked as ``mergekit-yaml`` runs it). Each row reports the best and median
-time, ns per element, GB/s of bytes moved (inputs read + outputs written, one pass), and the
-time relative to an fp32 copy measured in the same run: the memory-bandwidth reference.
+Times the torch masks (n:m, 3-task conflict-aware n:m, magnitude, DARE) on float32 task
+vectors and whole fused merges of base + bf16 fine-tunes (``merge_tensor``, chunked as
+``mergekit-yaml`` runs it): 1-task n:m, and 3-task conflict-aware n:m (``cabs``), magnitude and
+DARE, on the default path (the compiled kernels unless ``MERGEKIT_CABS_TORCH_KERNELS=1``) and
+the torch path. Each row reports the best and median time, ns per element and per element and
+task, GB/s of bytes moved (inputs read + outputs written, one pass), and the time relative to an
+fp32 copy measured in the same run: the memory-bandwidth reference.
 Writes JSON (and the same table as markdown next to it).
 """
 
@@ -39,6 +41,7 @@ COPY = "fp32 copy (bandwidth reference)"
 FUSED = "fused CA merge, 3 tasks"
 FUSED_MAGNITUDE = "fused CA magnitude merge, 3 tasks"
 FUSED_DARE = "fused CA DARE merge, 3 tasks"
+FUSED_NM_ONE = "fused n:m merge, 1 task"
 
 
 def set_threads(threads: int) -> None:
@@ -84,50 +87,54 @@ def timings(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
     return seconds
 
 
-def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object], int]]:
-    """Benchmark name -> (call, bytes moved per element: inputs read + outputs written)."""
+def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object], int, int]]:
+    """Benchmark name -> (call, bytes moved per element: inputs read + outputs written, tasks)."""
     n = keep_count(DENSITY, BLOCK_SIZE)
     copy_target = torch.empty_like(taus[0])
-    weights, densities = [1.0] * TASKS, [DENSITY] * TASKS
 
-    def fused(compiled=None, method="cabs"):
+    def fused(compiled=None, method="cabs", tasks=TASKS):
         # The call methods.py makes under mergekit-yaml (compiled=None: its default choice).
         recipe = METHODS_BY_NAME[method].recipe
-        return lambda: merge_tensor(recipe, base, tuned, weights, densities, BLOCK_SIZE,
-                                    seeds=list(range(TASKS)), compiled=compiled,
+        return lambda: merge_tensor(recipe, base, tuned[:tasks], [1.0] * tasks, [DENSITY] * tasks,
+                                    BLOCK_SIZE, seeds=list(range(tasks)), compiled=compiled,
                                     chunk_blocks=max(1, CHUNK_ELEMENTS // BLOCK_SIZE))
 
+    merge_bytes = (1 + TASKS) * 2 + 2
     table = {
-        COPY: (lambda: copy_target.copy_(taus[0]), 4 + 4),
-        "fp32 add a + b (bandwidth reference)": (lambda: torch.add(taus[0], taus[1], out=copy_target), 3 * 4),
-        "n:m mask, 1 task": (lambda: nm_mask(taus[0], n, BLOCK_SIZE), 4 + 1),
-        f"CA n:m masks, {TASKS} tasks": (lambda: conflict_aware_masks(taus, [n] * TASKS, BLOCK_SIZE), TASKS * (4 + 1)),
-        "magnitude mask, 1 task": (lambda: magnitude_mask(taus[0], DENSITY), 4 + 1),
-        "DARE (random) mask, 1 task": (lambda: random_mask(taus[0], DENSITY, seed=1), 4 + 1),
-        f"{FUSED} (default path)": (fused(), (1 + TASKS) * 2 + 2),
-        f"{FUSED} (torch path)": (fused(compiled=False), (1 + TASKS) * 2 + 2),
-        f"{FUSED_MAGNITUDE} (default path)": (fused(method="ca_magnitude_linear"), (1 + TASKS) * 2 + 2),
-        f"{FUSED_MAGNITUDE} (torch path)": (fused(False, "ca_magnitude_linear"), (1 + TASKS) * 2 + 2),
-        f"{FUSED_DARE} (default path)": (fused(method="ca_dare_linear"), (1 + TASKS) * 2 + 2),
-        f"{FUSED_DARE} (torch path)": (fused(False, "ca_dare_linear"), (1 + TASKS) * 2 + 2),
+        COPY: (lambda: copy_target.copy_(taus[0]), 4 + 4, 1),
+        "fp32 add a + b (bandwidth reference)": (lambda: torch.add(taus[0], taus[1], out=copy_target), 3 * 4, 1),
+        "n:m mask, 1 task": (lambda: nm_mask(taus[0], n, BLOCK_SIZE), 4 + 1, 1),
+        f"CA n:m masks, {TASKS} tasks": (lambda: conflict_aware_masks(taus, [n] * TASKS, BLOCK_SIZE), TASKS * (4 + 1), TASKS),
+        "magnitude mask, 1 task": (lambda: magnitude_mask(taus[0], DENSITY), 4 + 1, 1),
+        "DARE (random) mask, 1 task": (lambda: random_mask(taus[0], DENSITY, seed=1), 4 + 1, 1),
+        f"{FUSED_NM_ONE} (default path)": (fused(method="nm_linear", tasks=1), 2 * 2 + 2, 1),
+        f"{FUSED_NM_ONE} (torch path)": (fused(False, "nm_linear", tasks=1), 2 * 2 + 2, 1),
+        f"{FUSED} (default path)": (fused(), merge_bytes, TASKS),
+        f"{FUSED} (torch path)": (fused(compiled=False), merge_bytes, TASKS),
+        f"{FUSED_MAGNITUDE} (default path)": (fused(method="ca_magnitude_linear"), merge_bytes, TASKS),
+        f"{FUSED_MAGNITUDE} (torch path)": (fused(False, "ca_magnitude_linear"), merge_bytes, TASKS),
+        f"{FUSED_DARE} (default path)": (fused(method="ca_dare_linear"), merge_bytes, TASKS),
+        f"{FUSED_DARE} (torch path)": (fused(False, "ca_dare_linear"), merge_bytes, TASKS),
     }
     if device == "cpu" and compiled_nm_module() is not None:
-        table[f"{FUSED} (compiled path)"] = (fused(compiled=True), (1 + TASKS) * 2 + 2)
+        table[f"{FUSED} (compiled path)"] = (fused(compiled=True), merge_bytes, TASKS)
     return table
 
 
 def measure_all(table: dict, numel: int, repeats: int, device: str) -> dict[str, dict]:
     """Times every case, printing each row as it completes."""
     rows = {}
-    for name, (fn, bytes_per_element) in table.items():
+    for name, (fn, bytes_per_element, tasks) in table.items():
         seconds = timings(fn, repeats, device)
         best = min(seconds)
         rows[name] = {"best_s": best, "median_s": statistics.median(seconds),
                       "ns_per_element": best / numel * 1e9,
+                      "ns_per_element_task": best / numel / tasks * 1e9,
                       "gb_per_s": bytes_per_element * numel / best / 1e9,
                       "bytes_per_element": bytes_per_element}
         rows[name]["x_copy"] = best / rows[COPY]["best_s"]
         print(f"{name:44s} {best:8.3f} s {rows[name]['ns_per_element']:7.2f} ns/elem "
+              f"{rows[name]['ns_per_element_task']:7.2f} ns/elem/task "
               f"{rows[name]['gb_per_s']:6.2f} GB/s {rows[name]['x_copy']:7.1f}x copy", flush=True)
     return rows
 
@@ -145,9 +152,11 @@ def markdown(result: dict) -> str:
     lines = [f"One {result['shape'][0]}x{result['shape'][1]} tensor, {result['device']}, {result['threads']} threads, "
              f"density {DENSITY}, block {BLOCK_SIZE}; {result['cpu']}; torch {result['torch']}. "
              "GB/s counts inputs read + outputs written once.", "",
-             "| kernel | best s | median s | ns/element | GB/s | x fp32 copy |", "|---|---|---|---|---|---|"]
+             "| kernel | best s | median s | ns/element | ns/element/task | GB/s | x fp32 copy |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {row['best_s']:.3f} | {row['median_s']:.3f} | {row['ns_per_element']:.2f} | "
-              f"{row['gb_per_s']:.2f} | {row['x_copy']:.1f} |" for name, row in result["rows"].items()]
+              f"{row['ns_per_element_task']:.2f} | {row['gb_per_s']:.2f} | {row['x_copy']:.1f} |"
+              for name, row in result["rows"].items()]
     if result["target"]:
         target = result["target"]
         lines += ["", f"Target: {target['target']}: {target['seconds']:.3f} s, {'met' if target['met'] else '**missed**'}."]
