@@ -122,10 +122,10 @@ def _lifted_keys(score_bits, free_offset, length, keys):
 
 
 @njit(cache=True)
-def _from_top(histogram, bins, quota):
+def _from_top(histogram, quota):
     """The bin holding the ``quota``-th largest entry and how many entries lie above it."""
     above = 0
-    for b in range(bins - 1, -1, -1):
+    for b in range(histogram.shape[0] - 1, -1, -1):
         if above + histogram[b] >= quota:
             return b, above
         above += histogram[b]
@@ -192,12 +192,21 @@ def _block_threshold(keys, length, quota, hint):
 def _select(keys, tau, length, threshold, room, ties_seen, kept):
     """``kept[j]`` = 1.0 where ``key_j > t``, or ``key_j == t`` and it is at most the
     ``room``-th such tie counting from ``ties_seen`` (lowest index first), and ``tau_j != 0``
-    (zeros are never kept); else 0.0. Returns the running tie count (unused when ``room`` is
-    0: no tie is kept, and that case runs branch-free)."""
-    if room == 0:
+    (zeros are never kept); else 0.0. Returns the running tie count.
+
+    Only a run whose ties straddle the ``room``-th needs the running count; otherwise all of
+    its ties are in (``key >= t``) or all out (``key > t``), branch-free."""
+    ties = 0
+    for j in range(length):
+        ties += keys[j] == threshold
+    if ties_seen >= room:  # no tie of this run is kept
         for j in range(length):
             kept[j] = np.float32((keys[j] > threshold) & (tau[j] != 0))
-        return ties_seen
+        return ties_seen + ties
+    if ties_seen + ties <= room:  # every tie of this run is kept
+        for j in range(length):
+            kept[j] = np.float32((keys[j] >= threshold) & (tau[j] != 0))
+        return ties_seen + ties
     for j in range(length):
         key = keys[j]
         tie = key == threshold
@@ -331,6 +340,12 @@ def _task_tile_keys(addresses, bf16, task, start, length, draw_keys, claims, con
         _lifted_keys(tau.view(np.uint32), free_offset, length, keys)
 
 
+@njit(cache=True)
+def _is_selective(quota, numel):
+    """Whether a top-``quota`` selection of ``numel`` keys needs a threshold search."""
+    return 0 < quota < numel
+
+
 @njit(parallel=True, cache=True)
 def _tensor_merge(addresses, bf16, numel, quotas, draw_keys, scales, weights, lam, ties,
                   normalize, norm_total, conflict_aware, n_groups, out):
@@ -341,48 +356,42 @@ def _tensor_merge(addresses, bf16, numel, quotas, draw_keys, scales, weights, la
     selection on the high then the low 16 key bits (two histogram passes split over thread
     groups); the lowest-index-first rule among keys equal to it, from a prefix sum of the
     groups' tie counts; a third pass records the kept positions, one bit per task and element
-    in ``claims``. Keys are recomputed in every pass, not stored. A last pass combines."""
+    in ``claims``, and, on the same tiles, counts the next task's high digits. Keys are
+    recomputed in every pass, not stored. A last pass combines."""
     k = addresses.shape[0] - 1
     claims = np.zeros(((k + 7) // 8, numel), np.uint8)
     histograms = np.zeros((n_groups, 1 << _RADIX_BITS), np.int64)
     ties_before = np.zeros(n_groups + 1, np.int64)
     low_bits = np.uint32((1 << _RADIX_BITS) - 1)
-    for i in range(k):
-        quota = quotas[i]
+    for i in range(-1, k):  # step i selects task i (none at -1) and counts task i + 1's high digits
+        threshold, room = _NO_KEY, 0
         ties_before[:] = 0
-        if quota <= 0 or quota >= numel:
-            threshold, room = _trivial_threshold(quota, numel)
-        else:
-            high, above, low, above_low = 0, 0, 0, 0
-            for digit in range(2):
-                histograms[:] = 0
-                for group in prange(n_groups):
-                    base_vals = np.empty(_TILE, np.float32)
-                    tau = np.empty(_TILE, np.float32)
-                    draws = np.empty(_TILE, np.float32)
-                    free_offset = np.empty(_TILE, np.uint32)
-                    keys = np.empty(_TILE, np.uint32)
-                    first, stop = _group_span(group, n_groups, numel)
-                    for start in range(first, stop, _TILE):
-                        length = min(_TILE, stop - start)
-                        _task_tile_keys(addresses, bf16, i, start, length, draw_keys, claims,
-                                        conflict_aware, False, base_vals, tau, draws, free_offset, keys)
-                        if digit == 0:
-                            for j in range(length):
-                                histograms[group, keys[j] >> _RADIX_BITS] += 1
-                        else:
-                            for j in range(length):
-                                if keys[j] >> _RADIX_BITS == high:
-                                    histograms[group, keys[j] & low_bits] += 1
-                total = histograms.sum(axis=0)
-                if digit == 0:
-                    high, above = _from_top(total, total.shape[0], quota)
-                else:
-                    low, above_low = _from_top(total, total.shape[0], quota - above)
+        if i >= 0 and not _is_selective(quotas[i], numel):
+            threshold, room = _trivial_threshold(quotas[i], numel)
+        elif i >= 0:
+            high, above = _from_top(histograms.sum(axis=0), quotas[i])
+            histograms[:] = 0
+            for group in prange(n_groups):
+                base_vals = np.empty(_TILE, np.float32)
+                tau = np.empty(_TILE, np.float32)
+                draws = np.empty(_TILE, np.float32)
+                free_offset = np.empty(_TILE, np.uint32)
+                keys = np.empty(_TILE, np.uint32)
+                first, stop = _group_span(group, n_groups, numel)
+                for start in range(first, stop, _TILE):
+                    length = min(_TILE, stop - start)
+                    _task_tile_keys(addresses, bf16, i, start, length, draw_keys, claims,
+                                    conflict_aware, False, base_vals, tau, draws, free_offset, keys)
+                    for j in range(length):
+                        if keys[j] >> _RADIX_BITS == high:
+                            histograms[group, keys[j] & low_bits] += 1
+            low, above_low = _from_top(histograms.sum(axis=0), quotas[i] - above)
             threshold = np.uint32((high << _RADIX_BITS) | low)
-            room = quota - above - above_low
+            room = quotas[i] - above - above_low
             for group in range(n_groups):  # each group's keys equal to the threshold: its bin `low`
                 ties_before[group + 1] = ties_before[group] + histograms[group, low]
+        following = i + 1 < k and _is_selective(quotas[i + 1], numel)
+        histograms[:] = 0
         for group in prange(n_groups):
             base_vals = np.empty(_TILE, np.float32)
             tau = np.empty(_TILE, np.float32)
@@ -394,13 +403,19 @@ def _tensor_merge(addresses, bf16, numel, quotas, draw_keys, scales, weights, la
             first, stop = _group_span(group, n_groups, numel)
             for start in range(first, stop, _TILE):
                 length = min(_TILE, stop - start)
-                _task_tile_keys(addresses, bf16, i, start, length, draw_keys, claims,
-                                conflict_aware, True, base_vals, tau, draws, free_offset, keys)
-                seen = _select(keys, tau, length, threshold, room, seen, kept)
-                bit = np.uint8(1 << (i % 8))
-                row = claims[i // 8, start:start + length]
-                for j in range(length):
-                    row[j] |= bit if kept[j] != 0 else np.uint8(0)
+                if i >= 0:
+                    _task_tile_keys(addresses, bf16, i, start, length, draw_keys, claims,
+                                    conflict_aware, True, base_vals, tau, draws, free_offset, keys)
+                    seen = _select(keys, tau, length, threshold, room, seen, kept)
+                    bit = np.uint8(1 << (i % 8))
+                    row = claims[i // 8, start:start + length]
+                    for j in range(length):
+                        row[j] |= bit if kept[j] != 0 else np.uint8(0)
+                if following:
+                    _task_tile_keys(addresses, bf16, i + 1, start, length, draw_keys, claims,
+                                    conflict_aware, False, base_vals, tau, draws, free_offset, keys)
+                    for j in range(length):
+                        histograms[group, keys[j] >> _RADIX_BITS] += 1
     for group in prange(n_groups):
         base_vals = np.empty(_TILE, np.float32)
         taus = np.empty((k, _TILE), np.float32)
