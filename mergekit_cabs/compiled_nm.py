@@ -9,8 +9,9 @@ into float32 scratch (``tau = f32(tuned) - f32(base)``), each task's keys are fo
 ``_CLAIMED_OFFSET`` above every claimed one), winners are selected, and the tile is combined
 with the float32 operations, in order, of ``kernels.linear_combine`` / ``kernels.ties_combine``.
 
-* n:m (``_nm_merge``): each block's threshold by a radix selection on the block's keys;
-  blocks are independent, so threads split them without changing a bit.
+* n:m (``_nm_merge``): each block's threshold by a search of vectorised counts (galloping
+  from the last block's threshold, then bisection, stopping as soon as a count hits the
+  quota); blocks are independent, so threads split them without changing a bit.
 * Per tensor, magnitude and random (``_tensor_merge``, one block spanning the tensor): each
   task's threshold by a parallel 16 + 16 bit radix selection, the lowest-index-first rule by a
   prefix sum of per-group tie counts. Keys and random draws are recomputed in every pass
@@ -277,8 +278,7 @@ def _nm_merge(addresses, bf16, numel, ns, tail_ns, block_size, scales, weights, 
         stop_block = (group + 1) * n_blocks // n_groups
         for tile_block in range(first_block, stop_block, tile_blocks):
             start = tile_block * block_size
-            length = min(stop_block * block_size, numel) - start
-            length = min(length, tile_size)
+            length = min(stop_block * block_size, numel, start + tile_size) - start
             _load_floats(addresses[0], start, length, bf16, base_vals)
             for i in range(k):
                 _load_tau(addresses[i + 1], start, length, bf16, base_vals, taus[i])
