@@ -193,17 +193,18 @@ def _block_threshold(keys, length, quota, hint):
 def _select(keys, tau, length, threshold, room, ties_seen, kept):
     """``kept[j]`` = 1.0 where ``key_j > t``, or ``key_j == t`` and it is at most the
     ``room``-th such tie counting from ``ties_seen`` (lowest index first), and ``tau_j != 0``
-    (zeros are never kept); else 0.0. Returns the running tie count.
+    (zeros are never kept); else 0.0. Returns the running tie count (once it reaches
+    ``room`` only that matters: no later tie is kept).
 
     Only a run whose ties straddle the ``room``-th needs the running count; otherwise all of
     its ties are in (``key >= t``) or all out (``key > t``), branch-free."""
-    ties = 0
-    for j in range(length):
-        ties += keys[j] == threshold
     if ties_seen >= room:  # no tie of this run is kept
         for j in range(length):
             kept[j] = np.float32((keys[j] > threshold) & (tau[j] != 0))
-        return ties_seen + ties
+        return ties_seen
+    ties = 0
+    for j in range(length):
+        ties += keys[j] == threshold
     if ties_seen + ties <= room:  # every tie of this run is kept
         for j in range(length):
             kept[j] = np.float32((keys[j] >= threshold) & (tau[j] != 0))
