@@ -61,6 +61,18 @@ def test_chunked_per_tensor_merge_equals_whole_tensor_kernels(recipe, densities)
             assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (k, chunk)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (mergekit-yaml --cuda)")
+@pytest.mark.parametrize("recipe", PER_TENSOR_RECIPES, ids=recipe_id)
+def test_cuda_chunked_per_tensor_merge_equals_cpu_bit_for_bit(recipe):
+    # Task vectors on a 1/8 grid and unit weights: every float operation is exact, so any
+    # difference is a different mask, not rounding.
+    base, tuned = zero_heavy_tie_heavy(3, (37, 29), 0.5, seed=3)
+    args = ([1.0] * 3, DENSITY_SETS["overlap"][:3], 1, 1.0, False, [5, 6, 7])
+    on_cpu = merge_tensor(recipe, base, tuned, *args, chunk_blocks=64, compiled=False)
+    on_cuda = merge_tensor(recipe, base.cuda(), [t.cuda() for t in tuned], *args, chunk_blocks=64)
+    assert torch.equal(on_cuda.cpu().view(torch.int16), on_cpu.view(torch.int16))
+
+
 def test_ties_at_the_threshold_go_to_the_lowest_indices_across_chunks():
     base = torch.zeros(10)
     tuned = [torch.ones(10)]

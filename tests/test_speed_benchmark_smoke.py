@@ -2,8 +2,13 @@
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 SPEED = Path(__file__).parents[1] / "benchmarks" / "speed"
 
@@ -81,3 +86,16 @@ def test_profile_reports_the_kernel_among_a_merges_costliest_functions(tmp_path,
     report = (tmp_path / "profile.md").read_text()
     assert "## `cabs@64`:" in report
     assert report.count("\n| `") == 12  # the TOP rows of the one method
+
+
+def test_gpu_check_without_an_output_folder_prints_its_usage(tmp_path):
+    check = subprocess.run(["bash", str(SPEED / "gpu_check.sh")], capture_output=True, text=True)
+    assert check.returncode == 64 and "usage:" in check.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a CUDA device")
+def test_gpu_check_without_cuda_says_so_and_runs_nothing(tmp_path):
+    check = subprocess.run(["bash", str(SPEED / "gpu_check.sh"), str(tmp_path / "out")], capture_output=True,
+                           text=True, env={**os.environ, "PYTHON": sys.executable})
+    assert check.returncode == 69 and "no CUDA device" in check.stderr
+    assert not (tmp_path / "out").exists()

@@ -511,7 +511,8 @@ def families(args) -> list[Family]:
     references = [IO_FLOOR] if args.skip_startup else list(REFERENCES)
     main_methods = args.methods or ",".join(BUILT_INS + OURS)
     vocab_methods = args.methods or ",".join(("task_arithmetic",) + OURS + TORCH_ROWS)
-    found = [Family(f"7B-shaped, {dims['vocab']}-token vocabulary", "7b", dims, args.layers or layers_for(args.params, dims),
+    layers = args.layers or layers_for(args.params, SEVEN_B)  # --quick keeps the 7B layer count
+    found = [Family(f"7B-shaped, {dims['vocab']}-token vocabulary", "7b", dims, layers,
                     references + expand_methods(main_methods), args.focus_repeats)]
     for vocab in filter(None, (v.strip() for v in args.large_vocab.split(","))):
         vocab = SMALL_LARGE_VOCAB if args.small else int(vocab)
