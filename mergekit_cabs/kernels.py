@@ -441,11 +441,15 @@ def chunk_spans(numel: int, chunk_elements: Optional[int]) -> list[tuple[int, in
     return [(lo, min(lo + step, numel)) for lo in range(0, numel, step)]
 
 
-def radix_digits(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(high, low)`` 16-bit digits of int32 keys, each in ``[0, 2^16)``:
-    ``high = (key >> 16) + 2^15`` (arithmetic shift), ``low = key & 0xFFFF``, so that
-    ordering by ``(high, low)`` is the signed order of the keys."""
-    return (keys >> RADIX_BITS) + RADIX_BINS // 2, keys & (RADIX_BINS - 1)
+def high_digit(keys: torch.Tensor) -> torch.Tensor:
+    """``(key >> 16) + 2^15`` (arithmetic shift), in ``[0, 2^16)``: with ``low_digit``,
+    ordering by ``(high, low)`` is the signed order of int32 keys."""
+    return (keys >> RADIX_BITS) + RADIX_BINS // 2
+
+
+def low_digit(keys: torch.Tensor) -> torch.Tensor:
+    """``key & 0xFFFF``, in ``[0, 2^16)``."""
+    return keys & (RADIX_BINS - 1)
 
 
 def count_into(histogram: torch.Tensor, digits: torch.Tensor, counted: Optional[torch.Tensor] = None) -> None:
@@ -485,24 +489,32 @@ def rank_cut(keys: torch.Tensor, high_counts: torch.Tensor, n: int,
     high_bin, above_bin = bin_from_top(high_counts, n)
     low_counts = torch.zeros_like(high_counts)
     for lo, hi in spans:
-        high, low = radix_digits(keys[lo:hi])
-        count_into(low_counts, low, high == high_bin)
+        count_into(low_counts, low_digit(keys[lo:hi]), high_digit(keys[lo:hi]) == high_bin)
     low_bin, above_low = bin_from_top(low_counts, n - above_bin)
     threshold = ((high_bin - RADIX_BINS // 2) << RADIX_BITS) | low_bin
     ties = int(low_counts[low_bin])
     return RankCut(threshold, n - above_bin - above_low, ties)
 
 
-def kept_by_rank(keys: torch.Tensor, cut: RankCut, ties_before: torch.Tensor) -> torch.Tensor:
-    """Bool mask of one chunk's keys within ``cut``; ``ties_before`` (a 0-d int64 tensor,
-    updated in place) counts the threshold ties of earlier chunks, so ties go to the lowest
-    indices of the whole tensor: ``key > t  or  (key == t  and  rank among ties <= room)``."""
+def ties_per_chunk(keys: torch.Tensor, cut: RankCut, spans: Sequence[tuple[int, int]]) -> list[int]:
+    """``#{j in span : key_j == threshold}`` for each span where ties compete for room
+    (zeros where they all fit), read back to the host at once."""
+    if cut.ties <= cut.room:
+        return [0] * len(spans)
+    return torch.stack([(keys[lo:hi] == cut.threshold).sum() for lo, hi in spans]).tolist()
+
+
+def kept_by_rank(keys: torch.Tensor, cut: RankCut, ties_before: int, ties_here: int) -> torch.Tensor:
+    """Bool mask of one chunk's keys within ``cut``, given the threshold ties of earlier
+    chunks and of this one, so that ties go to the lowest indices of the whole tensor:
+    ``key > t  or  (key == t  and  ties_before + #{j' <= j : key_j' == t} <= room)``.
+    Only a chunk where the room runs out needs the running count."""
+    if ties_before >= cut.room:
+        return keys > cut.threshold
+    if ties_before + ties_here <= cut.room:
+        return keys >= cut.threshold
     at = keys == cut.threshold
-    if cut.ties > cut.room:  # only then does a tie's position decide
-        running = at.cumsum(0) + ties_before
-        ties_before += at.sum()
-        at &= running <= cut.room
-    return (keys > cut.threshold) | at
+    return (keys > cut.threshold) | (at & (at.cumsum(0) <= cut.room - ties_before))
 
 
 def per_tensor_merge(
@@ -522,12 +534,12 @@ def per_tensor_merge(
     task in order: a pass computes its keys (``score_bits`` of ``|tau_i|`` or of the draws
     ``random_scores(..., offset)``, claimed positions shifted down by ``_CLAIMED_OFFSET``)
     into one int32 buffer shared by all tasks and counts their high digits; ``rank_cut``
-    finds the threshold and its ties; a pass keeps ``kept_by_rank & (tau_i != 0)`` as bit
-    ``i`` of a byte-per-position mask plane. A last pass merges each chunk with
+    finds the threshold and its ties (``ties_per_chunk`` where they compete for room); a
+    pass keeps ``kept_by_rank & (tau_i != 0)`` as bit ``i`` of a byte-per-position mask plane. A last pass merges each chunk with
     ``masked_merge`` into the result, in ``base``'s dtype. Besides inputs and result this
     holds one int32 and ``ceil(k / 8)`` uint8 tensor-sized buffers plus a few chunk-sized
-    temporaries, whatever the tensor's size; on CUDA nothing leaves the device but a few
-    scalars per task.
+    temporaries, whatever the tensor's size. On CUDA nothing leaves the device but a few
+    scalars per task and, where ties compete, one count per chunk, read back in one transfer.
     """
     numel, device = base.numel(), base.device
     spans = chunk_spans(numel, chunk_elements)
@@ -556,13 +568,14 @@ def per_tensor_merge(
                 claimed = planes[:, lo:hi].ne(0).any(dim=0)
                 chunk_keys = torch.where(claimed, chunk_keys - _CLAIMED_OFFSET, chunk_keys)
             keys[lo:hi] = chunk_keys
-            count_into(high_counts, radix_digits(chunk_keys)[0])
+            count_into(high_counts, high_digit(chunk_keys))
         cut = rank_cut(keys, high_counts, n, spans)
-        ties_before = torch.zeros((), dtype=torch.int64, device=device)
         plane, bit = divmod(task, TASKS_PER_MASK_PLANE)
-        for lo, hi in spans:
-            kept = kept_by_rank(keys[lo:hi], cut, ties_before) & (task_vector(task, lo, hi) != 0)
+        ties_before = 0
+        for (lo, hi), ties_here in zip(spans, ties_per_chunk(keys, cut, spans)):
+            kept = kept_by_rank(keys[lo:hi], cut, ties_before, ties_here) & (task_vector(task, lo, hi) != 0)
             planes[plane, lo:hi] |= kept.to(torch.uint8) << bit
+            ties_before += ties_here
     del keys
     out = torch.empty_like(base)
     for lo, hi in spans:
