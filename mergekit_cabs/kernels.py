@@ -565,7 +565,7 @@ def per_tensor_merge(
                 score = task_vector(task, lo, hi)
             chunk_keys = score_bits(score)
             if recipe.conflict_aware:
-                claimed = planes[:, lo:hi].ne(0).any(dim=0)
+                claimed = functools.reduce(torch.bitwise_or, planes[:, lo:hi]) != 0
                 chunk_keys = torch.where(claimed, chunk_keys - _CLAIMED_OFFSET, chunk_keys)
             keys[lo:hi] = chunk_keys
             count_into(high_counts, high_digit(chunk_keys))

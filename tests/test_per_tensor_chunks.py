@@ -61,6 +61,15 @@ def test_chunked_per_tensor_merge_equals_whole_tensor_kernels(recipe, densities)
             assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (k, chunk)
 
 
+@pytest.mark.parametrize("recipe", [Recipe(Sparsifier.MAGNITUDE, True, Combine.TIES)], ids=recipe_id)
+def test_masks_of_more_than_eight_models_span_a_second_byte_plane(recipe):
+    base, tuned = zero_heavy_tie_heavy(10, (23, 11), 0.3, seed=10)
+    weights, densities, seeds = [1.0] * 10, [0.1] * 10, list(range(10))
+    want = whole_tensor_merge(recipe, base, tuned, weights, densities, seeds)
+    got = merge_tensor(recipe, base, tuned, weights, densities, 1, 0.7, True, seeds, chunk_blocks=50, compiled=False)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (mergekit-yaml --cuda)")
 @pytest.mark.parametrize("recipe", PER_TENSOR_RECIPES, ids=recipe_id)
 def test_cuda_chunked_per_tensor_merge_equals_cpu_bit_for_bit(recipe):
