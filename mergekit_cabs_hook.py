@@ -1,16 +1,26 @@
 """Start-up hook of mergekit-cabs: load MergeKit merge-method plugins on demand.
 
 ``mergekit_cabs_hook.pth`` imports this module when Python starts. It imports nothing but
-``os`` and ``sys`` (both already loaded by then) and only installs a one-shot finder: when
-``mergekit.merge_methods`` is first imported, the finder lets it load normally and then
-calls every entry point of the group ``mergekit.merge_methods``. A failing plugin logs a
-warning and MergeKit keeps working.
+``os`` and ``sys`` (both already loaded by then) and puts a finder on ``sys.meta_path``
+that finds nothing itself: for every ``mergekit`` module it lets the normal finders find
+it and marks the loader so that the finder learns when the module has finished executing.
+
+Plugins load once ``mergekit.merge_methods`` is imported *and* no MergeKit module is
+still executing: importing ``mergekit.parameter_resolver`` first imports
+``mergekit.merge_methods`` half-way through ``parameter_resolver``, and a plugin that
+touched ``parameter_resolver`` then would meet a partially initialized module. Looking a
+module up (``importlib.util.find_spec``, as package probes do) executes nothing, so it
+changes nothing: the finder stays until the plugins have loaded, then leaves.
+
+Loading calls every entry point of the group ``mergekit.merge_methods``. A failing plugin
+logs a warning and MergeKit keeps working.
 """
 
 import os
 import sys
 
-_TARGET = "mergekit.merge_methods"
+_TRIGGER = "mergekit.merge_methods"
+_PACKAGE = "mergekit"
 _GROUP = "mergekit.merge_methods"
 
 
@@ -31,21 +41,44 @@ def load_plugins():
             )
 
 
-class PostImportFinder:
-    """Finds nothing itself: lets ``target`` load normally, then calls ``callback(module)``.
+def _is_mergekit(name):
+    return name == _PACKAGE or name.startswith(_PACKAGE + ".")
 
-    One-shot: it leaves ``sys.meta_path`` as soon as ``target`` is looked up.
-    """
 
-    def __init__(self, target, callback):
-        self.target = target
+def mergekit_is_importing():
+    """Whether any ``mergekit`` module has started executing and not yet finished."""
+    for name, module in list(sys.modules.items()):
+        if _is_mergekit(name) and getattr(getattr(module, "__spec__", None), "_initializing", False):
+            return True
+    return False
+
+
+class PluginLoader:
+    """Finds nothing itself; once ``mergekit.merge_methods`` is loaded and no MergeKit
+    module is mid-import, calls ``callback()`` once and leaves ``sys.meta_path``."""
+
+    def __init__(self, callback):
         self.callback = callback
+        self.done = False
+
+    def ready(self):
+        return (not self.done and _TRIGGER in sys.modules
+                and not mergekit_is_importing())
+
+    def fire_if_ready(self):
+        if not self.ready():
+            return
+        self.done = True
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        self.callback()
 
     def find_spec(self, name, path=None, target=None):
-        if name != self.target:
+        if self.done or not _is_mergekit(name):
             return None
-        sys.meta_path.remove(self)
         for finder in sys.meta_path:
+            if finder is self:
+                continue
             find_spec = getattr(finder, "find_spec", None)
             spec = find_spec(name, path, target) if find_spec else None
             if spec is not None:
@@ -55,31 +88,34 @@ class PostImportFinder:
         exec_module = getattr(spec.loader, "exec_module", None)
         if exec_module is None:
             return spec
-        callback = self.callback
 
-        def exec_module_then_callback(module):
+        def exec_module_then_check(module):
             exec_module(module)
-            callback(module)
+            # importlib clears ``_initializing`` only after this returns.
+            spec._initializing = False
+            self.fire_if_ready()
 
         try:
-            spec.loader.exec_module = exec_module_then_callback
+            # The loader is this spec's own (path finders make one per lookup): a spec
+            # that is looked up and never executed leaves no trace.
+            spec.loader.exec_module = exec_module_then_check
         except AttributeError:
             pass
         return spec
 
 
-def after_import(target, callback):
-    """Call ``callback(module)`` once ``target`` is imported (now, if it already is)."""
-    module = sys.modules.get(target)
-    if module is not None:
-        callback(module)
-    elif not any(
-        isinstance(f, PostImportFinder) and f.target == target for f in sys.meta_path
-    ):
-        sys.meta_path.insert(0, PostImportFinder(target, callback))
+def install(callback):
+    """Call ``callback()`` once MergeKit's merge methods are importable in full (now, if
+    they already are)."""
+    loader = PluginLoader(callback)
+    if loader.ready():
+        loader.fire_if_ready()
+    else:
+        sys.meta_path.insert(0, loader)
+    return loader
 
 
 # An escape hatch to tell whether a problem comes from a plugin: plugins then load only
-# when imported explicitly (``import mergekit_cabs``).
+# when registered explicitly (``mergekit_cabs.register_all()``).
 if not os.environ.get("MERGEKIT_CABS_NO_HOOK"):
-    after_import(_TARGET, lambda _module: load_plugins())
+    install(load_plugins)
