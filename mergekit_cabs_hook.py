@@ -3,7 +3,8 @@
 ``mergekit_cabs_hook.pth`` imports this module when Python starts. It imports nothing but
 ``os`` and ``sys`` (both already loaded by then) and puts a finder on ``sys.meta_path``
 that finds nothing itself: for every ``mergekit`` module it lets the normal finders find
-it and marks the loader so that the finder learns when the module has finished executing.
+it and marks the loader so that the finder learns when the module has finished executing
+(the same for this package's own modules).
 
 Plugins load once ``mergekit.merge_methods`` is imported *and* no MergeKit module is
 still executing: importing ``mergekit.parameter_resolver`` first imports
@@ -20,7 +21,9 @@ import os
 import sys
 
 _TRIGGER = "mergekit.merge_methods"
-_PACKAGE = "mergekit"
+# Modules whose half-finished import would break registration: MergeKit's, and ours (a
+# module of ours importing MergeKit must finish before registration imports it).
+_PACKAGES = ("mergekit", "mergekit_cabs")
 _GROUP = "mergekit.merge_methods"
 
 
@@ -41,40 +44,40 @@ def load_plugins():
             )
 
 
-def _is_mergekit(name):
-    return name == _PACKAGE or name.startswith(_PACKAGE + ".")
+def _is_watched(name):
+    return any(name == p or name.startswith(p + ".") for p in _PACKAGES)
 
 
 def mergekit_is_importing():
-    """Whether any ``mergekit`` module has started executing and not yet finished."""
+    """Whether any MergeKit (or mergekit-cabs) module has started executing and not yet
+    finished."""
     for name, module in list(sys.modules.items()):
-        if _is_mergekit(name) and getattr(getattr(module, "__spec__", None), "_initializing", False):
+        if _is_watched(name) and getattr(getattr(module, "__spec__", None), "_initializing", False):
             return True
     return False
 
 
 class PluginLoader:
     """Finds nothing itself; once ``mergekit.merge_methods`` is loaded and no MergeKit
-    module is mid-import, calls ``callback()`` once and leaves ``sys.meta_path``."""
+    module is mid-import, calls each of its callbacks once and leaves ``sys.meta_path``."""
 
-    def __init__(self, callback):
-        self.callback = callback
-        self.done = False
+    def __init__(self):
+        self.callbacks = []
 
     def ready(self):
-        return (not self.done and _TRIGGER in sys.modules
-                and not mergekit_is_importing())
+        return bool(self.callbacks) and _TRIGGER in sys.modules and not mergekit_is_importing()
 
     def fire_if_ready(self):
         if not self.ready():
             return
-        self.done = True
+        callbacks, self.callbacks = self.callbacks, []
         if self in sys.meta_path:
             sys.meta_path.remove(self)
-        self.callback()
+        for callback in callbacks:
+            callback()
 
     def find_spec(self, name, path=None, target=None):
-        if self.done or not _is_mergekit(name):
+        if not self.callbacks or not _is_watched(name):
             return None
         for finder in sys.meta_path:
             if finder is self:
@@ -105,17 +108,17 @@ class PluginLoader:
 
 
 def install(callback):
-    """Call ``callback()`` once MergeKit's merge methods are importable in full (now, if
-    they already are)."""
-    loader = PluginLoader(callback)
-    if loader.ready():
-        loader.fire_if_ready()
-    else:
+    """Call ``callback()`` once MergeKit's merge methods are imported in full (now, if they
+    already are). One finder serves every callback."""
+    loader = next((f for f in sys.meta_path if isinstance(f, PluginLoader)), None)
+    if loader is None:
+        loader = PluginLoader()
         sys.meta_path.insert(0, loader)
-    return loader
+    loader.callbacks.append(callback)
+    loader.fire_if_ready()
 
 
 # An escape hatch to tell whether a problem comes from a plugin: plugins then load only
-# when registered explicitly (``mergekit_cabs.register_all()``).
+# when imported explicitly (``import mergekit_cabs``).
 if not os.environ.get("MERGEKIT_CABS_NO_HOOK"):
     install(load_plugins)

@@ -265,8 +265,9 @@ def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
     import yaml
     from mergekit.config import MergeConfiguration
 
-    import mergekit_cabs  # noqa: F401 - registers the methods
+    from mergekit_cabs import register_all
 
+    register_all()
     config = MergeConfiguration.model_validate(yaml.safe_load(Path(config_path).read_text()))
     info = METHODS_BY_NAME.get(config.merge_method)
     if info is None:

@@ -52,15 +52,27 @@ def test_without_the_hook_plain_mergekit_does_not_know_cabs():
     assert not set(NAMES) & set(eval(result.stdout))
 
 
-def test_explicit_import_registers_without_the_hook():
+def test_import_mergekit_cabs_registers_once_mergekit_loads_without_the_hook():
     result = run_python("""
+        import sys
         import mergekit_cabs
+        print("mergekit" in sys.modules)
         from mergekit import merge_methods
-        print(sorted(mergekit_cabs.REGISTERED_METHODS))
-        print(all(merge_methods.get(name) for name in mergekit_cabs.REGISTERED_METHODS))
+        print(sorted(m.spec.name for m in merge_methods.registered_methods()
+                     if m.spec.name in mergekit_cabs.register_all()))
     """, env={"MERGEKIT_CABS_NO_HOOK": "1"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == [str(NAMES), "True"]
+    assert result.stdout.split("\n")[:2] == ["False", str(NAMES)]
+
+
+def test_kernels_import_neither_mergekit_nor_transformers():
+    result = run_python("""
+        import sys
+        import mergekit_cabs.kernels, mergekit_cabs.compiled_nm, mergekit_cabs.keep_counts
+        print(sorted(m for m in ("mergekit", "transformers") if m in sys.modules))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_broken_plugin_warns_and_mergekit_still_merges(tiny_family, tmp_path):
