@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import MERGEKIT_YAML, run_mergekit_yaml, write_config
@@ -22,6 +23,85 @@ def run_python(code, env=None, **kwargs):
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300, **kwargs,
     )
+
+
+# Run after an entry point or import order: are our names registered, and do MergeKit's
+# planning checks refuse an unknown key? Nothing of ours is imported before both answers.
+PROBE = """
+from mergekit import merge_methods
+import mergekit.plan
+names = sorted(m.spec.name for m in merge_methods.registered_methods())
+try:
+    mergekit.plan.resolve_parameters(
+        merge_methods.get("cabs").spec, tensor_name="w", inputs={"m": "w"},
+        sources=lambda model: [{"density": 0.5, "n_val": 2}], base_model=None)
+    checked = "unchecked"
+except Exception as error:
+    checked = type(error).__name__
+print(names)
+print(checked)
+"""
+
+
+def assert_registered_and_checked(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "failed to load" not in result.stderr, result.stderr[-3000:]
+    names, checked = result.stdout.strip().split("\n")[-2:]
+    assert set(NAMES) <= set(eval(names))
+    assert checked == "MergeConfigError"
+
+
+def test_find_spec_probe_before_import_still_registers():
+    assert_registered_and_checked(run_python(
+        "import importlib.util\nimportlib.util.find_spec('mergekit.merge_methods')\n" + PROBE))
+
+
+@pytest.mark.parametrize("first", [
+    "mergekit.parameter_resolver", "mergekit.plan", "mergekit.merge", "mergekit.config",
+    "mergekit.card", "mergekit.merge_methods.base", "mergekit.scripts.run_yaml",
+    "mergekit.scripts.multimerge",
+])
+def test_importing_a_mergekit_submodule_first_still_registers(first):
+    # mergekit.parameter_resolver first used to import merge_methods half-way through
+    # itself: the plugin then met a partially initialized module.
+    assert_registered_and_checked(run_python(f"import {first}\n" + PROBE))
+
+
+def test_spawned_child_process_registers(tmp_path):
+    (tmp_path / "probe_module.py").write_text(
+        "def probe():\n    import io, contextlib\n    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        f"        exec({PROBE!r}, {{}})\n    return out.getvalue()\n")
+    result = run_python("""
+        import multiprocessing
+        import probe_module
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                print(pool.apply(probe_module.probe), end="")
+    """, env={"PYTHONPATH": str(tmp_path)})
+    assert_registered_and_checked(result)
+
+
+def test_changed_mergekit_internals_are_an_error_at_registration_not_a_downgrade():
+    result = run_python("""
+        import mergekit.parameter_resolver as resolver, mergekit.plan as plan
+        def resolve_parameters(spec, *, tensor_name, inputs, sources, base_model=None, t=0, extra=None):
+            pass
+        resolver.resolve_parameters = plan.resolve_parameters = resolve_parameters
+        from mergekit import merge_methods
+        from mergekit_cabs import register_all
+        try:
+            register_all()
+        except Exception as error:
+            print(type(error).__name__, error)
+        print("cabs" in [m.spec.name for m in merge_methods.registered_methods()])
+    """, env={"MERGEKIT_CABS_NO_HOOK": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    message, registered = result.stdout.strip().split("\n")
+    assert message.startswith("IncompatibleMergeKit mergekit-cabs cannot attach to MergeKit 0.1.5")
+    assert "mergekit.parameter_resolver.resolve_parameters is defined in __main__" in message
+    assert "mergekit-cabs merge CONFIG OUT" in message
+    assert registered == "False"
 
 
 def test_interpreter_start_imports_neither_torch_nor_mergekit():
@@ -150,6 +230,18 @@ def test_mergekit_multi_runs_a_chain_of_our_methods(tiny_family, tmp_path):
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_state(tmp_path / "steps" / "first").keys() == load_state(tmp_path / "out").keys()
+
+
+def test_python_m_run_yaml_merges_with_our_method(tiny_family, tmp_path):
+    base, models = tiny_family
+    params = [{"weight": 1.0, "density": 0.25}] * 2
+    write_config(tmp_path / "c.yml", "cabs", base, models[:2], params, {"block_size": 16})
+    result = subprocess.run(
+        [sys.executable, "-m", "mergekit.scripts.run_yaml", str(tmp_path / "c.yml"),
+         str(tmp_path / "out"), "--no-copy-tokenizer"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_run_merge_without_importing_the_plugin(tiny_family, tmp_path):
