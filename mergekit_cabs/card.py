@@ -204,8 +204,8 @@ def disjointness_sentence(recipe: Recipe, densities: Sequence[Any], block_size: 
         excess, kept = sum(c.excess for _, c in over), sum(c.kept for _, c in counted)
         return (f" In {len(over)} of {len(counted)} tensors the keep counts exceed the block "
                 f"(e.g. {record.name}: {' + '.join(map(str, counts.counts))} = "
-                f"{sum(counts.counts)} > {counts.block_size}), so there the masks overlap: "
-                f"{excess} kept entries ({excess / kept:.2%} of all kept) fall on positions an "
+                f"{sum(counts.counts)} > {counts.block_size}), so there the masks overlap: up "
+                f"to {excess} kept entries ({excess / kept:.2%} of all kept) fall on positions an "
                 "earlier model also kept; elsewhere they are disjoint.")
     if VARIES in densities or (recipe.sparsifier is Sparsifier.NM and block_size is VARIES):
         return (" Whether the kept positions are disjoint depends on each tensor's keep "
@@ -218,7 +218,7 @@ def disjointness_sentence(recipe: Recipe, densities: Sequence[Any], block_size: 
             return (f" The keep counts {sum_text} ≤ {block_size} fit every block, so the kept "
                     "positions of different models are disjoint.")
         return (f" The keep counts {sum_text} > {block_size} exceed the block, so in every "
-                f"block {total - block_size} kept entries fall on positions an earlier model "
+                f"block up to {total - block_size} kept entries fall on positions an earlier model "
                 "also kept.")
     return (" The kept positions are disjoint in a tensor of N entries exactly when "
             "Σ round(densityᵢ · N) ≤ N" + (" (the densities sum to more than 1: nowhere)."

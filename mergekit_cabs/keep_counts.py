@@ -58,11 +58,17 @@ def tensor_keep_counts(
     return TensorKeepCounts(block_size, counts, numel // block_size, tail, tail_counts)
 
 
-def disjoint_block_size(densities: Sequence[float], block_size: int,
-                        limit: int = 1 << 16) -> Optional[int]:
-    """The smallest ``m' >= block_size`` whose keep counts fit, ``sum round(d_i m') <= m'``
-    (None if none up to ``limit``)."""
-    for candidate in range(block_size, limit + 1):
-        if sum(keep_count(d, candidate) for d in densities) <= candidate:
-            return candidate
-    return None
+def counts_fit(densities: Sequence[float], block_size: int) -> bool:
+    """``sum_i round(d_i * m) <= m``: conflict-aware n:m masks are disjoint at ``m``."""
+    return sum(keep_count(d, block_size) for d in densities) <= block_size
+
+
+def disjoint_block_size(densities: Sequence[float], block_size: int, *,
+                        power_of_two: bool = False, limit: int = 1 << 16) -> Optional[int]:
+    """The smallest ``m' >= block_size`` (a power of two if asked) whose keep counts fit
+    (``counts_fit``); None if none up to ``limit``."""
+    if power_of_two:
+        candidates = (1 << k for k in range(limit.bit_length()) if 1 << k >= block_size)
+    else:
+        candidates = iter(range(block_size, limit + 1))
+    return next((m for m in candidates if counts_fit(densities, m)), None)

@@ -196,8 +196,13 @@ def warn_if_counts_overlap(method: str, tensor: str, models: Sequence[Any],
     from mergekit_cabs.keep_counts import disjoint_block_size
 
     fit = disjoint_block_size(densities, block_size)
-    advice = (f"block_size {fit} makes them disjoint" if fit else
-              "no block_size up to 65536 makes them disjoint; lower a density")
+    fit_power = disjoint_block_size(densities, block_size, power_of_two=True)
+    if fit is None:
+        advice = "no block_size up to 65536 makes them disjoint; lower a density"
+    elif fit_power not in (None, fit):
+        advice = f"block_size {fit} (or {fit_power}, the smallest power of two) makes them disjoint"
+    else:
+        advice = f"block_size {fit} makes them disjoint"
     LOG.warning(
         "%s: densities %s sum to %g <= 1, but at block_size %d they keep %s = %d > %d entries "
         "per block (tensor %s and others), so the masks of %s overlap; %s.",
