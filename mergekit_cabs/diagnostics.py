@@ -530,7 +530,7 @@ def write_figures(report: dict, out_dir: str | Path) -> Optional[list[Path]]:
                             "intersection / union")
     for kind, label, style in ((METHOD, report["merge_method"], "o-"),
                                (MAGNITUDE, "magnitude, same densities", "s--")):
-        axes.plot(positions, series(l["overlap"][kind]["all_pairs"] for l in layers), style,
+        axes.plot(positions, series(layer["overlap"][kind]["all_pairs"] for layer in layers), style,
                   label=label)
     axes.set_ylim(bottom=-0.02)  # keeps a line at exactly 0 (disjoint masks) visible
     axes.legend(fontsize=8)
@@ -541,10 +541,10 @@ def write_figures(report: dict, out_dir: str | Path) -> Optional[list[Path]]:
                             "||M·τ||² / ||τ||²")
     ca = report["recipe"]["conflict_aware"]
     for i, model in enumerate(report["models"]):
-        line, = axes.plot(positions, series(l["kept_energy"][METHOD][i] for l in layers), "o-",
+        line, = axes.plot(positions, series(layer["kept_energy"][METHOD][i] for layer in layers), "o-",
                           label=_short(model, i))
         if ca:
-            axes.plot(positions, series(l["kept_energy"][WITHOUT_CA][i] for l in layers), ":",
+            axes.plot(positions, series(layer["kept_energy"][WITHOUT_CA][i] for layer in layers), ":",
                       color=line.get_color(), label=f"{_short(model, i)} without CA")
     axes.set_ylim(0, 1)
     axes.legend(fontsize=7)

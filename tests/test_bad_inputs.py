@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import save_file
 
 from conftest import run_mergekit_yaml, run_mergekit_yaml_in_process, write_config
-from mergekit_cabs.tiny_models import build_tiny_family, load_state, tiny_llama_config
+from mergekit_cabs.tiny_models import load_state, tiny_llama_config
 
 DOCS = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
 
@@ -129,6 +129,7 @@ def test_bad_input_fails_clearly_before_writing(build, message, tiny_family, odd
     assert_nothing_written(tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["density-rounds-to-zero", "nan-in-checkpoint"])
 def test_plain_mergekit_yaml_subprocess_reports_the_same_error(case_id, tiny_family, odd_models, tmp_path):
     (build, message), = [p.values for p in BAD if p.id == case_id]
@@ -140,6 +141,7 @@ def test_plain_mergekit_yaml_subprocess_reports_the_same_error(case_id, tiny_fam
     assert_nothing_written(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_block_size_larger_than_a_tensor_applies_the_tail_rule(tiny_family, tmp_path):
     base, models = tiny_family
     (tmp_path / "c.yml").write_text(yaml.safe_dump(cabs(base, models, block_size=4096)))
@@ -150,6 +152,7 @@ def test_block_size_larger_than_a_tensor_applies_the_tail_rule(tiny_family, tmp_
     assert int((merged[norm] != base_state[norm]).sum()) <= 3 * 8
 
 
+@pytest.mark.slow
 def test_ties_variant_with_all_zero_task_vectors_returns_the_base(tiny_family, tmp_path):
     base, _ = tiny_family
     copy = tmp_path / "same_as_base"

@@ -14,6 +14,9 @@ from conftest import run_mergekit_yaml, write_config
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, keep_count, merge_tensor
 from mergekit_cabs.tiny_models import load_state
 
+# Subprocess merges: the full suite only (`-m "not slow"` skips them).
+pytestmark = pytest.mark.slow
+
 DENSITY, BLOCK_SIZE, WEIGHT = 0.25, 16, 1.5
 
 

@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 from conftest import MERGEKIT_YAML
 from mergekit.config import MergeConfiguration
 
-from mergekit_cabs import card as card_module, register_all
+from mergekit_cabs import register_all
 from mergekit_cabs.methods import METHODS_BY_NAME
 
 WEIGHTS = [1.2, 0.9, 1.1]
@@ -66,6 +66,7 @@ def merged_card(relative_path_merge):
     return ModelCard.load(readme)
 
 
+@pytest.mark.slow
 def test_relative_local_paths_merge_offline(relative_path_merge):
     result, readme, _ = relative_path_merge
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,16 +74,19 @@ def test_relative_local_paths_merge_offline(relative_path_merge):
     assert readme.read_text().startswith("---\n")
 
 
+@pytest.mark.slow
 def test_card_adds_our_tags_to_mergekits(merged_card):
     assert merged_card.data.tags == ["mergekit", "merge", "cabs", "model-merging",
                                      "task-arithmetic"]
     assert merged_card.data.library_name == "transformers"
 
 
+@pytest.mark.slow
 def test_local_models_are_not_listed_as_hub_base_models(merged_card):
     assert not merged_card.data.base_model
 
 
+@pytest.mark.slow
 def test_card_keeps_mergekits_models_list_and_yaml(merged_card, relative_path_merge):
     _, _, config = relative_path_merge
     text = merged_card.text
@@ -92,6 +96,7 @@ def test_card_keeps_mergekits_models_list_and_yaml(merged_card, relative_path_me
     assert yaml.safe_dump(config, sort_keys=False) in text
 
 
+@pytest.mark.slow
 def test_card_names_method_with_cabs_and_ties_paper_links(merged_card):
     text = merged_card.text
     assert "[CABS with TIES](https://arxiv.org/abs/2503.01874) merge method" in text
@@ -100,6 +105,7 @@ def test_card_names_method_with_cabs_and_ties_paper_links(merged_card):
     assert "2311.03099" not in text  # no DARE part in cabs_ties
 
 
+@pytest.mark.slow
 def test_card_states_each_models_weight_density_and_nm_in_merge_order(merged_card):
     text = merged_card.text
     clauses = [f"`{m}` (weight {w:g}, density {d:g} → {n}:20)"
@@ -111,6 +117,7 @@ def test_card_states_each_models_weight_density_and_nm_in_merge_order(merged_car
             "of different models are disjoint") in text
 
 
+@pytest.mark.slow
 def test_card_states_combine_rule_lambda_and_normalize(merged_card):
     text = merged_card.text
     assert "combined TIES-style" in text
@@ -118,6 +125,7 @@ def test_card_states_combine_rule_lambda_and_normalize(merged_card):
     assert "scaled by λ = 0.9" in text
 
 
+@pytest.mark.slow
 def test_card_ends_with_bibtex_of_cabs_and_ties(merged_card):
     text = merged_card.text.rstrip()
     citation = text[text.index("## Citation"):]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import MERGEKIT_YAML, run_mergekit_yaml, write_config
+from conftest import run_mergekit_yaml, write_config
 from mergekit_cabs.methods import METHOD_TABLE
 from mergekit_cabs.tiny_models import load_state
 
@@ -51,11 +51,13 @@ def assert_registered_and_checked(result):
     assert checked == "MergeConfigError"
 
 
+@pytest.mark.slow
 def test_find_spec_probe_before_import_still_registers():
     assert_registered_and_checked(run_python(
         "import importlib.util\nimportlib.util.find_spec('mergekit.merge_methods')\n" + PROBE))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", [
     "mergekit.parameter_resolver", "mergekit.plan", "mergekit.merge", "mergekit.config",
     "mergekit.card", "mergekit.merge_methods.base", "mergekit.scripts.run_yaml",
@@ -67,6 +69,7 @@ def test_importing_a_mergekit_submodule_first_still_registers(first):
     assert_registered_and_checked(run_python(f"import {first}\n" + PROBE))
 
 
+@pytest.mark.slow
 def test_spawned_child_process_registers(tmp_path):
     (tmp_path / "probe_module.py").write_text(
         "def probe():\n    import io, contextlib\n    out = io.StringIO()\n"
@@ -82,6 +85,7 @@ def test_spawned_child_process_registers(tmp_path):
     assert_registered_and_checked(result)
 
 
+@pytest.mark.slow
 def test_changed_mergekit_internals_are_an_error_at_registration_not_a_downgrade():
     result = run_python("""
         import mergekit.parameter_resolver as resolver, mergekit.plan as plan
@@ -114,6 +118,7 @@ def test_interpreter_start_imports_neither_torch_nor_mergekit():
     assert result.stdout.strip() == "['mergekit_cabs_hook']"
 
 
+@pytest.mark.slow
 def test_importing_mergekit_merge_methods_registers_every_name():
     result = run_python("""
         from mergekit import merge_methods
@@ -123,6 +128,7 @@ def test_importing_mergekit_merge_methods_registers_every_name():
     assert set(NAMES) <= set(eval(result.stdout))
 
 
+@pytest.mark.slow
 def test_without_the_hook_plain_mergekit_does_not_know_cabs():
     result = run_python("""
         from mergekit import merge_methods
@@ -132,6 +138,7 @@ def test_without_the_hook_plain_mergekit_does_not_know_cabs():
     assert not set(NAMES) & set(eval(result.stdout))
 
 
+@pytest.mark.slow
 def test_import_mergekit_cabs_registers_once_mergekit_loads_without_the_hook():
     result = run_python("""
         import sys
@@ -145,6 +152,7 @@ def test_import_mergekit_cabs_registers_once_mergekit_loads_without_the_hook():
     assert result.stdout.split("\n")[:2] == ["False", str(NAMES)]
 
 
+@pytest.mark.slow
 def test_kernels_import_neither_mergekit_nor_transformers():
     result = run_python("""
         import sys
@@ -155,6 +163,7 @@ def test_kernels_import_neither_mergekit_nor_transformers():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_broken_plugin_warns_and_mergekit_still_merges(tiny_family, tmp_path):
     plugins = tmp_path / "plugins"
     dist_info = plugins / "broken_plugin-0.1.dist-info"
@@ -173,6 +182,7 @@ def test_broken_plugin_warns_and_mergekit_still_merges(tiny_family, tmp_path):
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_python_m_mergekit_cabs_is_mergekit_yaml_with_all_its_flags():
     result = subprocess.run([sys.executable, "-m", "mergekit_cabs", "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -181,6 +191,7 @@ def test_python_m_mergekit_cabs_is_mergekit_yaml_with_all_its_flags():
         assert flag in result.stdout
 
 
+@pytest.mark.slow
 def test_mergekit_cabs_command_lists_its_subcommands():
     result = subprocess.run([str(BIN / "mergekit-cabs"), "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -189,6 +200,7 @@ def test_mergekit_cabs_command_lists_its_subcommands():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_console_script_wraps_mergekit_yaml_without_the_hook(tiny_family, tmp_path):
     base, models = tiny_family
     params = [{"weight": 1.0, "density": 0.25}] * 2
@@ -205,6 +217,7 @@ def test_console_script_wraps_mergekit_yaml_without_the_hook(tiny_family, tmp_pa
         (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_mergekit_multi_runs_a_chain_of_our_methods(tiny_family, tmp_path):
     base, models = tiny_family
     first = {
@@ -232,6 +245,7 @@ def test_mergekit_multi_runs_a_chain_of_our_methods(tiny_family, tmp_path):
     assert load_state(tmp_path / "steps" / "first").keys() == load_state(tmp_path / "out").keys()
 
 
+@pytest.mark.slow
 def test_python_m_run_yaml_merges_with_our_method(tiny_family, tmp_path):
     base, models = tiny_family
     params = [{"weight": 1.0, "density": 0.25}] * 2
@@ -244,6 +258,7 @@ def test_python_m_run_yaml_merges_with_our_method(tiny_family, tmp_path):
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_run_merge_without_importing_the_plugin(tiny_family, tmp_path):
     base, models = tiny_family
     params = [{"weight": 1.0, "density": 0.25}] * 2
@@ -266,6 +281,7 @@ def test_run_merge_without_importing_the_plugin(tiny_family, tmp_path):
         (tmp_path / "cli" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_merge_tensors_accepts_our_names_by_string():
     result = run_python("""
         import torch

@@ -19,6 +19,9 @@ from pipeline import SeedSettings, run_seed  # noqa: E402
 from report import aggregate, markdown  # noqa: E402
 from training import EncodedTask, TrainSettings, encode_split  # noqa: E402
 
+# Merges and training runs: the full suite only (`-m "not slow"` skips them).
+pytestmark = pytest.mark.slow
+
 VOCAB = 64
 
 

@@ -5,6 +5,11 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
+# Benchmark runs: the full suite only (`-m "not slow"` skips them).
+pytestmark = pytest.mark.slow
+
 SPEED = Path(__file__).parents[1] / "benchmarks" / "speed"
 
 
