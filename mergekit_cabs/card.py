@@ -2,7 +2,8 @@
 
 MergeKit 0.1.5 writes the output's ``README.md`` with ``mergekit.card.generate_card``,
 imported by name into ``mergekit.merge`` and called from ``run_merge``; it has no hook for
-a method to add to the card. ``install_card_hook`` wraps that one name. For a merge with
+a method to add to the card. ``card_with_our_sections`` wraps that one name (installed by
+``compat.install_mergekit_changes`` at registration). For a merge with
 one of our methods the wrapper keeps MergeKit's card (front matter, models, YAML) and adds:
 the tags ``CARD_TAGS``, a paragraph stating what was done with the resolved parameters, the
 papers of the parts the recipe uses, and their BibTeX. MergeKit's own methods get
