@@ -73,8 +73,15 @@ class PluginLoader:
         callbacks, self.callbacks = self.callbacks, []
         if self in sys.meta_path:
             sys.meta_path.remove(self)
+        # Every callback runs even if one fails; the first failure is raised after them.
+        failure = None
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception as error:  # noqa: BLE001 - re-raised below
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     def find_spec(self, name, path=None, target=None):
         if not self.callbacks or not _is_watched(name):
