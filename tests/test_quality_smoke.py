@@ -87,7 +87,7 @@ def test_ancestry_regime_end_to_end(tiny_bert, tmp_path):
     train = TrainSettings(epochs=1, batch_size=8, body_lr=1e-3)
     settings = SeedSettings(train=train, densities=(0.25,), block_size=16, initial_exponents=(0, 1),
                             verify=lambda run: False, order_density=0.25,
-                            ancestry=AncestrySettings(mixture=train, descendants=(("near", train),)))
+                            ancestry=AncestrySettings(descendants=(("near", train),)))
     arms = run_seed(tiny_bert, tasks, settings, seed=0, workdir=tmp_path, runs=runs, name="ancestry",
                     log=lambda _: None)
 

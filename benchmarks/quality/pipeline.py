@@ -40,10 +40,10 @@ SCALE_EXPONENT_LIMITS = (-6, 6)
 
 @dataclass(frozen=True)
 class AncestrySettings:
-    """The shared-ancestry regime: the base fine-tuned on the task mixture is the ancestor,
-    and each task's model is a copy of the ancestor fine-tuned further on that task."""
+    """The shared-ancestry regime: the base fine-tuned on the task mixture (with the seed's
+    ``train`` settings) is the ancestor, and each task's model is a copy of the ancestor
+    fine-tuned further on that task."""
 
-    mixture: TrainSettings
     # name -> descendant fine-tune; the names say how far the descendants move.
     descendants: tuple[tuple[str, TrainSettings], ...]
 
@@ -52,7 +52,7 @@ class AncestrySettings:
 class SeedSettings:
     """What one seed runs; the presets live in run.py."""
 
-    train: TrainSettings
+    train: TrainSettings  # from the base; with ``ancestry``, the mixture that makes the ancestor
     densities: tuple[float, ...]
     block_size: int
     initial_exponents: tuple[int, ...] = (-1, 0, 1, 2)
@@ -258,18 +258,32 @@ def inspect_runs(ctx: SeedContext, runs: Sequence[MethodRun]) -> dict:
     """Mask statistics of every run of ours, one inspect per distinct mask.
 
     A TIES combine keeps the masks of its sum twin (``cabs_ties`` those of ``cabs``), so a
-    run is inspected only when no run with the same masks was.
+    run is inspected only when no run with the same masks was; ``magnitude_linear``'s masks
+    are the per-tensor magnitude masks every inspect reports next to the method's.
     """
     out, seen = {}, {}
     for run in runs:
         twin = mask_twin(run.method)
-        if twin is None:
+        if twin is None or twin == "magnitude_linear":
             continue  # MergeKit's own methods: inspect takes configs of ours
         key = (twin, run.density, run.block_size)
         if key not in seen:
             seen[key] = ctx.inspect(MethodRun(twin, run.density, run.block_size), f"{twin}@{run.density:g}")
         out[run.label] = seen[key]
+    for run in runs:
+        if mask_twin(run.method) == "magnitude_linear":
+            other = next((stats for (_, density, _), stats in seen.items() if density == run.density), None)
+            if other is not None:
+                out[run.label] = magnitude_statistics(other)
     return out
+
+
+def magnitude_statistics(inspected: dict) -> dict:
+    """The statistics of per-tensor magnitude masks, from any inspect at the same density."""
+    return {"overlap": {"method": inspected["overlap"]["magnitude"], "magnitude": inspected["overlap"]["magnitude"]},
+            "kept_share": {"method": inspected["kept_share"]["magnitude"], "magnitude": inspected["kept_share"]["magnitude"]},
+            "kept_energy": {"method": inspected["kept_energy"]["magnitude"], "magnitude": inspected["kept_energy"]["magnitude"]},
+            "lost_to_ca": None}
 
 
 def equal_kept_runs(methods: Sequence[str], inspected: dict, density: float, block_size: int) -> list[MethodRun]:
@@ -398,12 +412,12 @@ def run_seed(base_body, tasks: Sequence[EncodedTask], settings: SeedSettings, se
         add_arms(base_body, None, settings.train, Path("."), {"base": base}, name, {})
     else:
         ancestor = copy.deepcopy(base_body)
-        ancestor_heads = fine_tune(ancestor, tasks, settings.ancestry.mixture, seed=seed * 1000 + 999)
+        ancestor_heads = fine_tune(ancestor, tasks, settings.train, seed=seed * 1000 + 999)
         ancestor.save_pretrained(workdir / "ancestor", safe_serialization=True)
         ancestor_state = load_body_state(workdir / "ancestor")
         probe = SeedContext(seed, workdir, tasks, base[0], [], base[1], copy.deepcopy(base_body), ancestor_heads)
         alone = {"ancestor_alone": score_row(probe.evaluate_state(ancestor_state, "test")),
-                 "ancestor_train": {**training_record(settings.ancestry.mixture, tasks),
+                 "ancestor_train": {**training_record(settings.train, tasks),
                                     "seconds": round(time.perf_counter() - start, 1)}}
         log(f"seed {seed}: ancestor (mixture of {len(tasks)} tasks) in {alone['ancestor_train']['seconds']:.0f}s, "
             f"test mean {alone['ancestor_alone']['mean']:.4f}")
