@@ -32,9 +32,10 @@ from training import TrainSettings  # noqa: E402
 DENSITIES = (0.10, 0.25)
 # m of n:m: 3:32 at density 0.10 is the paper's RoBERTa setting; 8:32 at 0.25.
 BLOCK_SIZE = 32
-# Methods re-merged by plain mergekit-yaml at their chosen scale in --quick, to check the
-# rescaling identity and the batching: one of ours, one random of ours, MergeKit's ties, dare_ties.
-QUICK_VERIFIED = {"cabs@0.1", "ca_dare_linear@0.1", "ties@0.1", "dare_ties@0.1"}
+# Methods re-merged by plain mergekit-yaml at their chosen scale (where a regime has them), to
+# check the rescaling identity and the batching: one of ours, one random of ours, MergeKit's
+# ties, dare_ties.
+VERIFIED = {"cabs@0.1", "ca_dare_linear@0.1", "ties@0.1", "dare_ties@0.1"}
 INTERFERENCE_TASKS = LIGHT_TASKS + ("tweet_sentiment", "product_sentiment")
 # The rows the regime questions need (CA on/off, n:m vs per-tensor, sign election on/off,
 # dense and MergeKit's best built-ins); --quick keeps the CA pairs and the references only.
@@ -60,8 +61,6 @@ class Regime:
     equal_kept: tuple[str, ...] = ()
     ancestry: Optional[AncestrySettings] = None
     initial_exponents: tuple[int, ...] = (-1, 0, 1)
-    refine: bool = False
-    verify: str = "some"  # "some" (QUICK_VERIFIED), "first-seed" (every run of seed 0), "none"
     orders: bool = False
     max_orders: int = 24
 
@@ -169,10 +168,6 @@ def seed_settings(regime: Regime, args, densities: tuple[float, ...], first_seed
     """The pipeline's settings for one seed of a regime, with the command-line overrides."""
     from pipeline import SeedSettings
 
-    if regime.verify == "some":
-        verify = lambda run: run.label in QUICK_VERIFIED  # noqa: E731
-    else:
-        verify = lambda run: regime.verify == "first-seed" and first_seed  # noqa: E731
     train, ancestry = regime.train, regime.ancestry
     if args.epochs and ancestry is None:
         train = replace(train, epochs=args.epochs)
@@ -180,7 +175,7 @@ def seed_settings(regime: Regime, args, densities: tuple[float, ...], first_seed
         ancestry = replace(ancestry, descendants=tuple((n, replace(t, epochs=args.epochs))
                                                        for n, t in ancestry.descendants))
     return SeedSettings(train=train, densities=densities, block_size=BLOCK_SIZE,
-                        initial_exponents=regime.initial_exponents, refine=regime.refine, verify=verify,
+                        initial_exponents=regime.initial_exponents, verify=lambda run: run.label in VERIFIED,
                         orders=regime.orders and not args.no_orders and first_seed, max_orders=regime.max_orders,
                         inspect=not args.no_inspect, equal_kept=regime.equal_kept, ancestry=ancestry)
 
