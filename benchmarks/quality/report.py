@@ -164,8 +164,8 @@ def arm_markdown(arm: str, summary: dict, seeds: Sequence[dict], task_names: Seq
         f"Test accuracy (%) {'mean ± std over seeds' if n > 1 else 'one seed'}; `kept` is the mean kept share "
         "of the method's masks (inspect); the last columns are paired differences in points with a 95 % "
         "bootstrap interval over test sentences and seeds, `*` where the interval excludes 0.", "",
-        "| row | scale | " + " | ".join(task_names) + " | mean | normalized | kept (%) | "
-        + " | ".join(f"Δ vs {r}" for r in refs) + " |",
+        "| row | scale | " + " | ".join(task_names) + " | mean | normalized | kept (%) |"
+        + "".join(f" Δ vs {r} |" for r in refs),
         "|---|---|" + "---|" * (len(task_names) + 3 + len(refs)),
     ]
     for label, stats in summary["rows"].items():
@@ -177,8 +177,8 @@ def arm_markdown(arm: str, summary: dict, seeds: Sequence[dict], task_names: Seq
         diffs = [_difference(summary["comparisons"].get(label, {}).get(r)) for r in refs]
         cells = [_cell(stats[t]) for t in task_names]
         name = label + (" (equal kept count)" if label in seeds[0].get("equal_kept", {}) else "")
-        lines.append(f"| {name} | {scale} | " + " | ".join(cells) + f" | {_cell(stats['mean'])} | {norm} | {kept} | "
-                     + " | ".join(diffs) + " |")
+        lines.append(f"| {name} | {scale} | " + " | ".join(cells) + f" | {_cell(stats['mean'])} | {norm} | {kept} |"
+                     + "".join(f" {d} |" for d in diffs))
     if "inspect" in seeds[0]:
         lines += ["", "Masks from `mergekit-cabs inspect` (first seed): overlap = intersection / union pooled "
                   "over all task pairs; kept = kept share per task; lost to CA = kept-energy share each task "

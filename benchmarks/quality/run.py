@@ -72,20 +72,20 @@ STRONG_LR = 1e-4  # the interference regime's stronger steps (the issue's held-o
 PRESETS = {
     # One seed, density 0.10, few rows: a check of every stage (about 15 minutes, see README).
     "quick": {
-        "light": Regime(LIGHT_TASKS, (256, 32, 128), TrainSettings(epochs=2), (0,), methods=QUICK_METHODS),
-        "interference": Regime(INTERFERENCE_TASKS, (256, 32, 128), TrainSettings(epochs=2, body_lr=STRONG_LR), (0,),
+        "light": Regime(LIGHT_TASKS, (128, 32, 128), TrainSettings(epochs=2), (0,), methods=QUICK_METHODS),
+        "interference": Regime(INTERFERENCE_TASKS, (192, 32, 128), TrainSettings(epochs=2, body_lr=STRONG_LR), (0,),
                                methods=QUICK_METHODS, extra_runs=DECOMPOSITION[:1], equal_kept=("cabs",)),
-        "ancestry": Regime(LIGHT_TASKS, (256, 32, 128), TrainSettings(epochs=1), (0,), methods=QUICK_METHODS,
-                           orders=True, max_orders=4,
+        "ancestry": Regime(LIGHT_TASKS, (128, 32, 128), TrainSettings(epochs=1), (0,), methods=QUICK_METHODS,
+                           orders=True, max_orders=2,
                            ancestry=AncestrySettings((("far", TrainSettings(epochs=2, body_lr=STRONG_LR)),))),
     },
     "full": {
         "light": Regime(LIGHT_TASKS, (512, 96, 1000), TrainSettings(epochs=3), (0, 1), methods=CORE_METHODS,
                         initial_exponents=(-1, 0, 1, 2)),
-        "interference": Regime(INTERFERENCE_TASKS, (1000, 64, 1000), TrainSettings(epochs=2, body_lr=STRONG_LR), (0, 1),
+        "interference": Regime(INTERFERENCE_TASKS, (1000, 48, 1000), TrainSettings(epochs=2, body_lr=STRONG_LR), (0, 1),
                                methods=CORE_METHODS, extra_runs=DECOMPOSITION, equal_kept=("cabs", "nm_linear")),
         "ancestry": Regime(LIGHT_TASKS, (512, 96, 1000), TrainSettings(epochs=2), (0,), methods=QUICK_METHODS,
-                           orders=True, max_orders=12,
+                           orders=True, max_orders=8,
                            ancestry=AncestrySettings((NEAR, ("far", TrainSettings(epochs=3, body_lr=STRONG_LR))))),
     },
 }
