@@ -426,7 +426,7 @@ def run_seed(base_body, tasks: Sequence[EncodedTask], settings: SeedSettings, se
             add_arms(ancestor, ancestor_heads, train, Path(descendant), bases, f"{name} {descendant}", alone)
     if settings.orders:
         # The order study belongs where CA has the most to resolve: the largest overlap.
-        key = f"magnitude_linear@{settings.order_density:g}"
+        key = f"magnitude_linear@{settings.densities[0]:g}"
         label = max(arms, key=lambda a: arms[a]["overlap"][key])
         cabs = arms[label]["methods"].get(MethodRun("cabs", settings.order_density).label)
         if cabs is not None:

@@ -72,30 +72,31 @@ def correctness(seeds: Sequence[dict], row_of) -> dict:
 
 
 def references(seeds: Sequence[dict]) -> dict:
-    """What every method is compared with: dense task arithmetic, MergeKit's best built-in
-    (chosen on validation, mean over seeds) and, in the ancestry regime, the ancestor alone."""
+    """What every method is compared with, name -> (its method label or None, its row per seed):
+    dense task arithmetic, MergeKit's best built-in (chosen on validation, mean over seeds)
+    and, in the ancestry regime, the ancestor alone."""
     methods = seeds[0]["methods"]
     refs = {}
     if "task_arithmetic" in methods:
-        refs["task_arithmetic"] = lambda s: s["methods"]["task_arithmetic"]
+        refs["task_arithmetic"] = ("task_arithmetic", lambda s: s["methods"]["task_arithmetic"])
     builtins = [label for label, row in methods.items() if row["method"] in MERGEKIT_BUILTINS and not row["options"]]
     if builtins:
         best = max(builtins, key=lambda label: statistics.fmean(validation_score(s["methods"][label]) for s in seeds))
-        refs[f"best built-in ({best})"] = lambda s, best=best: s["methods"][best]
+        refs[f"best built-in ({best})"] = (best, lambda s: s["methods"][best])
     if "ancestor_alone" in seeds[0]:
-        refs["ancestor alone"] = lambda s: s["ancestor_alone"]
+        refs["ancestor alone"] = (None, lambda s: s["ancestor_alone"])
     return refs
 
 
 def comparisons(seeds: Sequence[dict]) -> dict:
-    """Every method minus every reference: paired bootstrap over test sentences and seeds."""
+    """Every method minus every other reference: paired bootstrap over test sentences and seeds."""
     refs = references(seeds)
-    cache = {name: correctness(seeds, row_of) for name, row_of in refs.items()}
+    cache = {name: correctness(seeds, row_of) for name, (_, row_of) in refs.items()}
     out = {}
     for label in seeds[0]["methods"]:
         mine = correctness(seeds, lambda s: s["methods"][label])
-        out[label] = {name: paired_bootstrap(mine, theirs) for name, theirs in cache.items()
-                      if not (name == "task_arithmetic" and label == "task_arithmetic")}
+        out[label] = {name: paired_bootstrap(mine, cache[name]) for name, (ref_label, _) in refs.items()
+                      if ref_label != label}
     return out
 
 
@@ -111,8 +112,8 @@ def ca_gains(arms: dict) -> list[dict]:
         for density in sorted({r["density"] for r in seeds[0]["methods"].values() if r["density"]}):
             for with_ca, without in CA_PAIRS:
                 on, off = f"{with_ca}@{density:g}", f"{without}@{density:g}"
-                if on not in seeds[0]["methods"] or off not in seeds[0]["methods"] or "inspect" not in seeds[0]:
-                    continue
+                if on not in seeds[0]["methods"] or off not in seeds[0].get("inspect", {}):
+                    continue  # a pair not run, or its overlap not measured
                 interval = paired_bootstrap(correctness(seeds, lambda s: s["methods"][on]),
                                             correctness(seeds, lambda s: s["methods"][off]))
                 for s in seeds:
@@ -144,7 +145,7 @@ def _difference(result: Optional[dict]) -> str:
 def arm_markdown(arm: str, summary: dict, seeds: Sequence[dict], task_names: Sequence[str], meta: dict) -> list[str]:
     """One arm's section: training, the accuracy table with paired differences, masks, orders."""
     n = len(seeds)
-    refs = list(next(iter(summary["comparisons"].values()), {}))
+    refs = list(dict.fromkeys(name for c in summary["comparisons"].values() for name in c))
     train = seeds[0]["train"]
     norms = {t: statistics.fmean(s["task_vector_norms"][t] for s in seeds) for t in task_names}
     lines = [

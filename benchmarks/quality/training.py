@@ -148,7 +148,7 @@ def fine_tune(body: nn.Module, tasks: Sequence[EncodedTask], settings: TrainSett
          {"params": [p for h in heads.values() for p in h.parameters()], "lr": settings.head_lr}],
         weight_decay=0.0,
     )
-    steps = steps_of(settings, sum(len(t.train.input_ids) for t in tasks))
+    steps = sum(steps_of(settings, len(t.train.input_ids)) for t in tasks)  # batches never mix tasks
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
     generator = torch.Generator().manual_seed(seed)
     body.train()
