@@ -254,11 +254,14 @@ def ca_gain_figure(gains: Sequence[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    arms = list(dict.fromkeys(p["arm"] for p in gains))
+    colors = plt.get_cmap("tab10")
     for pair, marker in zip(sorted({p["pair"] for p in gains}), "os^v"):
-        points = [p for p in gains if p["pair"] == pair]
-        ax.scatter([p["magnitude_overlap"] * 100 for p in points], [p["gain"] * 100 for p in points],
-                   marker=marker, label=pair, alpha=0.8)
+        for index, arm in enumerate(arms):  # marker: which CA pair; colour: which arm
+            points = [p for p in gains if p["pair"] == pair and p["arm"] == arm]
+            ax.scatter([p["magnitude_overlap"] * 100 for p in points], [p["gain"] * 100 for p in points],
+                       marker=marker, color=colors(index % 10), label=f"{pair}, {arm}", alpha=0.8)
     ax.axhline(0.0, color="k", linewidth=0.8)
     ax.set_xlabel("magnitude-mask overlap between tasks (%, mergekit-cabs inspect)")
     ax.set_ylabel("CA on minus off (points of mean test accuracy)")
