@@ -280,10 +280,9 @@ def inspect_runs(ctx: SeedContext, runs: Sequence[MethodRun]) -> dict:
 
 def magnitude_statistics(inspected: dict) -> dict:
     """The statistics of per-tensor magnitude masks, from any inspect at the same density."""
-    return {"overlap": {"method": inspected["overlap"]["magnitude"], "magnitude": inspected["overlap"]["magnitude"]},
-            "kept_share": {"method": inspected["kept_share"]["magnitude"], "magnitude": inspected["kept_share"]["magnitude"]},
-            "kept_energy": {"method": inspected["kept_energy"]["magnitude"], "magnitude": inspected["kept_energy"]["magnitude"]},
-            "lost_to_ca": None}
+    out = {key: {"method": inspected[key]["magnitude"], "magnitude": inspected[key]["magnitude"]}
+           for key in ("overlap", "kept_share", "kept_energy")}
+    return {**out, "lost_to_ca": None}
 
 
 def equal_kept_runs(methods: Sequence[str], inspected: dict, density: float, block_size: int) -> list[MethodRun]:

@@ -102,7 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
                         help="override examples per task and split")
     parser.add_argument("--epochs", type=int, help="override fine-tuning epochs (ancestry: the descendants')")
-    parser.add_argument("--densities", type=float, nargs="+", help="override the densities (default: 0.1 with --quick, else 0.1 0.25)")
+    parser.add_argument("--densities", type=float, nargs="+",
+                        help="override the densities (default: 0.1 with --quick, else 0.1 0.25)")
     parser.add_argument("--methods", nargs="+", help="only these merge methods (for reduced runs)")
     parser.add_argument("--no-orders", action="store_true", help="skip the pruning-order study")
     parser.add_argument("--no-inspect", action="store_true", help="skip `mergekit-cabs inspect` (kept shares)")
