@@ -89,14 +89,17 @@ def references(seeds: Sequence[dict]) -> dict:
 
 
 def comparisons(seeds: Sequence[dict]) -> dict:
-    """Every method minus every other reference: paired bootstrap over test sentences and seeds."""
+    """Every method minus every reference: paired bootstrap over test sentences and seeds.
+
+    A method is not compared with itself (None), so every row lists the references in order.
+    """
     refs = references(seeds)
     cache = {name: correctness(seeds, row_of) for name, (_, row_of) in refs.items()}
     out = {}
     for label in seeds[0]["methods"]:
         mine = correctness(seeds, lambda s: s["methods"][label])
-        out[label] = {name: paired_bootstrap(mine, cache[name]) for name, (ref_label, _) in refs.items()
-                      if ref_label != label}
+        out[label] = {name: None if ref_label == label else paired_bootstrap(mine, cache[name])
+                      for name, (ref_label, _) in refs.items()}
     return out
 
 
@@ -145,7 +148,7 @@ def _difference(result: Optional[dict]) -> str:
 def arm_markdown(arm: str, summary: dict, seeds: Sequence[dict], task_names: Sequence[str], meta: dict) -> list[str]:
     """One arm's section: training, the accuracy table with paired differences, masks, orders."""
     n = len(seeds)
-    refs = list(dict.fromkeys(name for c in summary["comparisons"].values() for name in c))
+    refs = list(next(iter(summary["comparisons"].values()), {}))
     train = seeds[0]["train"]
     norms = {t: statistics.fmean(s["task_vector_norms"][t] for s in seeds) for t in task_names}
     lines = [
