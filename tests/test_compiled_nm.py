@@ -7,6 +7,10 @@ from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
 
 pytest.importorskip("numba")
 
+# A 96-case bit-for-bit sweep (minutes on 2 cores): the full suite only; the unit tier
+# reaches the compiled path through tests/test_properties.py.
+pytestmark = pytest.mark.slow
+
 COMPILED_RECIPES = [Recipe(s, ca, c) for s in Sparsifier for ca in (False, True) for c in Combine]
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Benchmark runs: the full suite only (`-m "not slow"` skips them).
+pytestmark = pytest.mark.slow
+
 SPEED = Path(__file__).parents[1] / "benchmarks" / "speed"
 
 
