@@ -111,6 +111,7 @@ print(extra / (4 * numel))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak-RSS reset")
 def test_per_tensor_torch_merge_of_three_models_holds_few_float32_copies():
     child = subprocess.run([sys.executable, "-c", MEASURE_MERGE], capture_output=True, text=True,
