@@ -1,16 +1,29 @@
 """Start-up hook of mergekit-cabs: load MergeKit merge-method plugins on demand.
 
 ``mergekit_cabs_hook.pth`` imports this module when Python starts. It imports nothing but
-``os`` and ``sys`` (both already loaded by then) and only installs a one-shot finder: when
-``mergekit.merge_methods`` is first imported, the finder lets it load normally and then
-calls every entry point of the group ``mergekit.merge_methods``. A failing plugin logs a
-warning and MergeKit keeps working.
+``os`` and ``sys`` (both already loaded by then) and puts a finder on ``sys.meta_path``
+that finds nothing itself: for every ``mergekit`` module it lets the normal finders find
+it and marks the loader so that the finder learns when the module has finished executing
+(the same for this package's own modules).
+
+Plugins load once ``mergekit.merge_methods`` is imported *and* no MergeKit module is
+still executing: importing ``mergekit.parameter_resolver`` first imports
+``mergekit.merge_methods`` half-way through ``parameter_resolver``, and a plugin that
+touched ``parameter_resolver`` then would meet a partially initialized module. Looking a
+module up (``importlib.util.find_spec``, as package probes do) executes nothing, so it
+changes nothing: the finder stays until the plugins have loaded, then leaves.
+
+Loading calls every entry point of the group ``mergekit.merge_methods``. A failing plugin
+logs a warning and MergeKit keeps working.
 """
 
 import os
 import sys
 
-_TARGET = "mergekit.merge_methods"
+_TRIGGER = "mergekit.merge_methods"
+# Modules whose half-finished import would break registration: MergeKit's, and ours (a
+# module of ours importing MergeKit must finish before registration imports it).
+_PACKAGES = ("mergekit", "mergekit_cabs")
 _GROUP = "mergekit.merge_methods"
 
 
@@ -31,21 +44,51 @@ def load_plugins():
             )
 
 
-class PostImportFinder:
-    """Finds nothing itself: lets ``target`` load normally, then calls ``callback(module)``.
+def _is_watched(name):
+    return any(name == p or name.startswith(p + ".") for p in _PACKAGES)
 
-    One-shot: it leaves ``sys.meta_path`` as soon as ``target`` is looked up.
-    """
 
-    def __init__(self, target, callback):
-        self.target = target
-        self.callback = callback
+def mergekit_is_importing():
+    """Whether any MergeKit (or mergekit-cabs) module has started executing and not yet
+    finished."""
+    for name, module in list(sys.modules.items()):
+        if _is_watched(name) and getattr(getattr(module, "__spec__", None), "_initializing", False):
+            return True
+    return False
+
+
+class PluginLoader:
+    """Finds nothing itself; once ``mergekit.merge_methods`` is loaded and no MergeKit
+    module is mid-import, calls each of its callbacks once and leaves ``sys.meta_path``."""
+
+    def __init__(self):
+        self.callbacks = []
+
+    def ready(self):
+        return bool(self.callbacks) and _TRIGGER in sys.modules and not mergekit_is_importing()
+
+    def fire_if_ready(self):
+        if not self.ready():
+            return
+        callbacks, self.callbacks = self.callbacks, []
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        # Every callback runs even if one fails; the first failure is raised after them.
+        failure = None
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as error:  # noqa: BLE001 - re-raised below
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     def find_spec(self, name, path=None, target=None):
-        if name != self.target:
+        if not self.callbacks or not _is_watched(name):
             return None
-        sys.meta_path.remove(self)
         for finder in sys.meta_path:
+            if finder is self:
+                continue
             find_spec = getattr(finder, "find_spec", None)
             spec = find_spec(name, path, target) if find_spec else None
             if spec is not None:
@@ -55,31 +98,34 @@ class PostImportFinder:
         exec_module = getattr(spec.loader, "exec_module", None)
         if exec_module is None:
             return spec
-        callback = self.callback
 
-        def exec_module_then_callback(module):
+        def exec_module_then_check(module):
             exec_module(module)
-            callback(module)
+            # importlib clears ``_initializing`` only after this returns.
+            spec._initializing = False
+            self.fire_if_ready()
 
         try:
-            spec.loader.exec_module = exec_module_then_callback
+            # The loader is this spec's own (path finders make one per lookup): a spec
+            # that is looked up and never executed leaves no trace.
+            spec.loader.exec_module = exec_module_then_check
         except AttributeError:
             pass
         return spec
 
 
-def after_import(target, callback):
-    """Call ``callback(module)`` once ``target`` is imported (now, if it already is)."""
-    module = sys.modules.get(target)
-    if module is not None:
-        callback(module)
-    elif not any(
-        isinstance(f, PostImportFinder) and f.target == target for f in sys.meta_path
-    ):
-        sys.meta_path.insert(0, PostImportFinder(target, callback))
+def install(callback):
+    """Call ``callback()`` once MergeKit's merge methods are imported in full (now, if they
+    already are). One finder serves every callback."""
+    loader = next((f for f in sys.meta_path if isinstance(f, PluginLoader)), None)
+    if loader is None:
+        loader = PluginLoader()
+        sys.meta_path.insert(0, loader)
+    loader.callbacks.append(callback)
+    loader.fire_if_ready()
 
 
 # An escape hatch to tell whether a problem comes from a plugin: plugins then load only
 # when imported explicitly (``import mergekit_cabs``).
 if not os.environ.get("MERGEKIT_CABS_NO_HOOK"):
-    after_import(_TARGET, lambda _module: load_plugins())
+    install(load_plugins)

@@ -2,7 +2,8 @@
 
 MergeKit 0.1.5 writes the output's ``README.md`` with ``mergekit.card.generate_card``,
 imported by name into ``mergekit.merge`` and called from ``run_merge``; it has no hook for
-a method to add to the card. ``install_card_hook`` wraps that one name. For a merge with
+a method to add to the card. ``card_with_our_sections`` wraps that one name (installed by
+``compat.install_mergekit_changes`` at registration). For a merge with
 one of our methods the wrapper keeps MergeKit's card (front matter, models, YAML) and adds:
 the tags ``CARD_TAGS``, a paragraph stating what was done with the resolved parameters, the
 papers of the parts the recipe uses, and their BibTeX. MergeKit's own methods get
@@ -18,15 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
-import yaml
+from huggingface_hub import ModelCard
 from mergekit.merge_methods.base import ParameterScope
 
-from mergekit_cabs.compat import _is_patched
+from mergekit_cabs import merge_log
+from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, keep_count
 from mergekit_cabs.methods import CABS_URL, METHODS_BY_NAME, MethodInfo, parameter_specs
 
@@ -34,8 +35,6 @@ LOG = logging.getLogger(__name__)
 
 CARD_TAGS = ("cabs", "model-merging", "task-arithmetic")
 
-# What the 0.1.5 card function looks like; anything else is left alone.
-_GENERATE_CARD_SIGNATURE = ("config", "config_yaml", "name")
 # Our paragraph goes right after MergeKit's "Merge Method" sentence.
 _MODELS_HEADING = "### Models Merged"
 
@@ -153,12 +152,27 @@ def _number(value: Any) -> str:
     return "varies by tensor" if value is VARIES else f"{value:g}"
 
 
-def _model_clause(model: str, settings: Mapping[str, Any], block_size: Any, recipe: Recipe) -> str:
-    """``model (weight w, density d -> n:m)``, with n:m only for n:m sparsification."""
-    density = settings["density"]
-    text = f"`{model}` (weight {_number(settings['weight'])}, density {_number(density)}"
-    if recipe.sparsifier is Sparsifier.NM and VARIES not in (density, block_size):
-        text += f" → {keep_count(density, block_size)}:{block_size}"
+def _value_range(values: Iterable[float]) -> str:
+    """One value as is; several as ``low to high by tensor``."""
+    distinct = sorted(set(values))
+    if len(distinct) == 1:
+        return f"{distinct[0]:g}"
+    return f"{distinct[0]:g} to {distinct[-1]:g} by tensor"
+
+
+def _shown(value: Any, per_tensor: Sequence[float]) -> str:
+    """A fixed setting as is; a varying one as the range of its per-tensor values."""
+    if value is not VARIES:
+        return f"{value:g}"
+    return _value_range(per_tensor) if per_tensor else "varies by tensor"
+
+
+def _model_clause(model: str, weight: str, density: str, fixed_density: Any, block_size: Any,
+                  recipe: Recipe) -> str:
+    """``model (weight w, density d -> n:m)``, with n:m only for fixed n:m settings."""
+    text = f"`{model}` (weight {weight}, density {density}"
+    if recipe.sparsifier is Sparsifier.NM and VARIES not in (fixed_density, block_size):
+        text += f" → {keep_count(fixed_density, block_size)}:{block_size}"
     return text + ")"
 
 
@@ -173,19 +187,52 @@ def _sparsifier_sentence(recipe: Recipe, block_size: Any) -> str:
             "random share `density` is kept and rescaled by 1/density)")
 
 
-def _order_sentence(recipe: Recipe, clauses: Sequence[str], densities: Sequence[Any]) -> str:
+def disjointness_sentence(recipe: Recipe, densities: Sequence[Any], block_size: Any,
+                          records: Sequence[merge_log.TensorRecord]) -> str:
+    """Whether the conflict-aware masks are disjoint, from keep counts (see keep_counts).
+
+    From the merged tensors' records when there are any; else from the configuration,
+    which settles it for n:m with fixed settings (the tail fits whenever full blocks do).
+    """
+    if records:
+        counted = [(r, tensor_keep_counts(recipe, r.densities, r.block_size, r.numel))
+                   for r in records]
+        over = [(r, c) for r, c in counted if c.excess]
+        if not over:
+            return (" In every tensor the keep counts fit the block (Σ nᵢ ≤ m), so the kept "
+                    "positions of different models are disjoint.")
+        record, counts = over[0]
+        excess, kept = sum(c.excess for _, c in over), sum(c.kept for _, c in counted)
+        return (f" In {len(over)} of {len(counted)} tensors the keep counts exceed the block "
+                f"(e.g. {record.name}: {' + '.join(map(str, counts.counts))} = "
+                f"{sum(counts.counts)} > {counts.block_size}), so there the masks overlap: up "
+                f"to {excess} kept entries ({excess / kept:.2%} of all kept) fall on positions an "
+                "earlier model also kept; elsewhere they are disjoint.")
+    if VARIES in densities or (recipe.sparsifier is Sparsifier.NM and block_size is VARIES):
+        return (" Whether the kept positions are disjoint depends on each tensor's keep "
+                "counts (disjoint exactly where they fit the block, Σ nᵢ ≤ m).")
+    if recipe.sparsifier is Sparsifier.NM:
+        counts = [keep_count(d, block_size) for d in densities]
+        total = sum(counts)
+        sum_text = f"{' + '.join(map(str, counts))} = {total}"
+        if total <= block_size:
+            return (f" The keep counts {sum_text} ≤ {block_size} fit every block, so the kept "
+                    "positions of different models are disjoint.")
+        return (f" The keep counts {sum_text} > {block_size} exceed the block, so in every "
+                f"block up to {total - block_size} kept entries fall on positions an earlier model "
+                "also kept.")
+    return (" The kept positions are disjoint in a tensor of N entries exactly when "
+            "Σ round(densityᵢ · N) ≤ N" + (" (the densities sum to more than 1: nowhere)."
+                                         if sum(densities) > 1 else "."))
+
+
+def _order_sentence(recipe: Recipe, clauses: Sequence[str], densities: Sequence[Any],
+                    block_size: Any, records: Sequence[merge_log.TensorRecord]) -> str:
     if not recipe.conflict_aware:
         return "independently for each model: " + ", ".join(clauses) + "."
     text = ("conflict-aware, in the order the models are listed: first " + ", then ".join(clauses)
             + "; each model chose first among the positions no earlier model had kept.")
-    if VARIES in densities:
-        return text
-    total = sum(densities)
-    if total <= 1:
-        return text + (f" The densities sum to {total:g} ≤ 1, so the kept positions of "
-                       "different models are disjoint.")
-    return text + (f" The densities sum to {total:g} > 1, so where a model's quota exceeded "
-                   "the free positions it also kept positions taken by earlier models.")
+    return text + disjointness_sentence(recipe, densities, block_size, records)
 
 
 def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any) -> str:
@@ -243,8 +290,10 @@ def parameter_sources(config: Any) -> Optional[tuple[Sources, list[tuple[str, So
             [(str(m), tuple(reader.parameter_sources(m))) for m in tasks])
 
 
-def procedure_paragraph(info: MethodInfo, config: Any) -> str:
-    """What was done, from the configuration's parameters as MergeKit resolves them."""
+def procedure_paragraph(info: MethodInfo, config: Any,
+                        records: Sequence[merge_log.TensorRecord] = ()) -> str:
+    """What was done, from the configuration's parameters as MergeKit resolves them and,
+    where a merge recorded them, the per-tensor values it used (``merge_log``)."""
     recipe = info.recipe
     specs = parameter_specs(recipe)
     shared_specs = [s for s in specs if s.scope is ParameterScope.SHARED]
@@ -256,11 +305,15 @@ def procedure_paragraph(info: MethodInfo, config: Any) -> str:
                f"model's) was sparsified with {_sparsifier_sentence(recipe, shared.get('block_size'))}, ")
     if resolved:
         clauses, densities = [], []
-        for model, sources in resolved[1]:
+        for index, (model, sources) in enumerate(resolved[1]):
             settings = {s.name: fixed_setting(s, sources) for s in model_specs}
-            clauses.append(_model_clause(model, settings, shared.get("block_size"), recipe))
+            weight = _shown(settings["weight"], [r.weights[index] for r in records])
+            density = _shown(settings["density"], [r.densities[index] for r in records])
+            clauses.append(_model_clause(model, weight, density, settings["density"],
+                                         shared.get("block_size"), recipe))
             densities.append(settings["density"])
-        body = opening + _order_sentence(recipe, clauses, densities)
+        body = opening + _order_sentence(recipe, clauses, densities, shared.get("block_size"),
+                                         records)
     else:
         body = (opening + ("conflict-aware in the order the models are listed"
                            if recipe.conflict_aware else "independently for each model")
@@ -285,29 +338,24 @@ def citation_section(papers: Sequence[Paper]) -> str:
             f"please cite:\n\n```bibtex\n{entries}\n```\n")
 
 
-def with_card_tags(front_matter: str) -> str:
-    """MergeKit's YAML front matter with ``CARD_TAGS`` appended to its tags."""
-    data = yaml.safe_load(front_matter) or {}
-    tags = list(data.get("tags") or [])
-    data["tags"] = tags + [t for t in CARD_TAGS if t not in tags]
-    return yaml.dump(data)
-
-
-def extend_card(card: str, info: MethodInfo, config: Any) -> str:
-    """MergeKit's card text plus our tags, paragraphs and citation."""
-    opening, separator, rest = card.partition("---\n")
-    front_matter, closing, body = rest.partition("\n---\n")
-    if opening or not separator or not closing:
+def extend_card(card: str, info: MethodInfo, config: Any,
+                records: Sequence[merge_log.TensorRecord] = ()) -> str:
+    """MergeKit's card plus our tags (in its front matter), paragraphs and citation."""
+    model_card = ModelCard(card)
+    if not model_card.data.to_dict():
         LOG.warning("mergekit_cabs: MergeKit's model card has no YAML front matter; "
                     "it is written as MergeKit made it.")
         return card
-    details = f"{method_paragraph(info)}\n\n{procedure_paragraph(info, config)}\n\n"
+    tags = list(model_card.data.tags or [])
+    model_card.data.tags = tags + [t for t in CARD_TAGS if t not in tags]
+    details = f"{method_paragraph(info)}\n\n{procedure_paragraph(info, config, records)}\n\n"
+    body = model_card.text
     if _MODELS_HEADING in body:
         body = body.replace(_MODELS_HEADING, details + _MODELS_HEADING, 1)
     else:
         body = body.rstrip("\n") + "\n\n" + details
-    body = body.rstrip("\n") + "\n\n" + citation_section(papers_for(info.recipe))
-    return f"---\n{with_card_tags(front_matter)}---\n{body}"
+    model_card.text = body.rstrip("\n") + "\n\n" + citation_section(papers_for(info.recipe))
+    return str(model_card)
 
 
 def tolerant_hub_check(is_hf: Callable[[str], bool]) -> Callable[[str], bool]:
@@ -344,36 +392,28 @@ def _hub_lookups_tolerated(card_module: Any) -> Iterator[None]:
         card_module.is_hf = original
 
 
-def _wrap_generate_card(merge_module: Any) -> bool:
-    """Replace ``merge_module.generate_card``; return whether our card is in place."""
-    original = getattr(merge_module, "generate_card", None)
-    if original is None:
-        return False
-    if _is_patched(original):
-        return True
-    if tuple(inspect.signature(original).parameters) != _GENERATE_CARD_SIGNATURE:
-        LOG.warning("mergekit_cabs: MergeKit's generate_card changed; model cards are "
-                    "written as MergeKit makes them.")
-        return False
-    import mergekit.card as card_module
+def card_with_our_sections(generate_card: Callable, card_module: Any) -> Callable:
+    """MergeKit's ``generate_card``, extended for merges with our methods (``extend_card``);
+    MergeKit's own methods get MergeKit's card, untouched. Installed by ``compat``."""
+    if getattr(generate_card, "__mergekit_cabs__", False):
+        return generate_card
 
-    @functools.wraps(original)
-    def generate_card(config, config_yaml, name=None):
+    @functools.wraps(generate_card)
+    def wrapper(config, config_yaml, name=None):
         info = METHODS_BY_NAME.get(config.merge_method)
         if info is None:
-            return original(config, config_yaml, name)
+            return generate_card(config, config_yaml, name)
         with _hub_lookups_tolerated(card_module):
-            card = original(config, config_yaml, name)
-        return extend_card(card, info, config)
+            card = generate_card(config, config_yaml, name)
+        return extend_card(card, info, config, merged_tensor_records(info, config))
 
-    generate_card.__mergekit_cabs__ = True
-    merge_module.generate_card = generate_card
-    return True
+    wrapper.__mergekit_cabs__ = True
+    return wrapper
 
 
-def install_card_hook() -> None:
-    """Give merges with our methods our model card (idempotent; now or once MergeKit's
-    ``mergekit.merge`` is imported)."""
-    from mergekit_cabs_hook import after_import
-
-    after_import("mergekit.merge", _wrap_generate_card)
+def merged_tensor_records(info: MethodInfo, config: Any) -> list[merge_log.TensorRecord]:
+    """What the merge of ``config`` recorded per tensor (none for several slices)."""
+    resolved = parameter_sources(config)
+    if resolved is None or config.base_model is None:
+        return []
+    return merge_log.take(info.name, config.base_model, tuple(m for m, _ in resolved[1]))

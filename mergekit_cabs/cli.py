@@ -10,8 +10,11 @@ import click
 
 def merge_yaml(argv: list[str] | None = None) -> None:
     """``mergekit-yaml`` with all its flags, after registering our methods."""
-    import mergekit_cabs  # noqa: F401 - registers the methods
     from mergekit.scripts.run_yaml import main
+
+    from mergekit_cabs import register_all
+
+    register_all()
 
     main(args=argv if argv is not None else sys.argv[1:], prog_name="mergekit-cabs-yaml")
 

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Recipe, Sparsifier, magnitude_mask, task_masks, tensor_seed
 from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo, parameter_specs
 
@@ -182,7 +183,7 @@ class TensorJob:
     """One tensor of the merge as MergeKit planned it."""
 
     name: str
-    inputs: Any  # mergekit.io.tasks.GatherTensors
+    inputs: Any  # mergekit.io.tasks.GatherTensors, or a vocabulary task wrapping it
     base: Any
     tasks: tuple
     densities: tuple
@@ -258,6 +259,39 @@ class MaskStatistics:
         }
 
 
+def keep_count_summary(recipe: Recipe, tensors: Sequence[tuple[str, Any]]) -> dict:
+    """From each tensor's ``keep_counts.TensorKeepCounts``: are the masks disjoint by their
+    counts (conflict-aware methods only; None otherwise), and where not, by how much."""
+    over = [(name, counts) for name, counts in tensors if counts.excess]
+    kept = sum(counts.kept for _, counts in tensors)
+    return {
+        "disjoint": (not over) if recipe.conflict_aware else None,
+        "overlapping_tensors": [name for name, _ in over],
+        "excess_entries": sum(counts.excess for _, counts in over),
+        "kept_entries": kept,
+        "example": None if not over else {
+            "tensor": over[0][0], "counts": list(over[0][1].counts),
+            "block_size": over[0][1].block_size},
+    }
+
+
+def keep_count_sentence(report: dict) -> str:
+    """The keep-count verdict of a report in words."""
+    counts = report["keep_counts"]
+    if counts["disjoint"] is None:
+        return "masks chosen independently per model: overlap is not ruled out"
+    if counts["disjoint"]:
+        return ("keep counts fit the block in every tensor (sum n_i <= m): the masks of "
+                "different models are disjoint")
+    example = counts["example"]
+    return (f"keep counts exceed the block in {len(counts['overlapping_tensors'])} of "
+            f"{report['tensors']} tensors (e.g. {example['tensor']}: "
+            f"{' + '.join(map(str, example['counts']))} = {sum(example['counts'])} > "
+            f"{example['block_size']}): up to {counts['excess_entries']:,} kept entries "
+            f"({counts['excess_entries'] / counts['kept_entries']:.2%}) share positions with "
+            "an earlier model's")
+
+
 # ---- MergeKit: plan the merge, load one tensor group at a time ----
 
 def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
@@ -265,8 +299,9 @@ def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
     import yaml
     from mergekit.config import MergeConfiguration
 
-    import mergekit_cabs  # noqa: F401 - registers the methods
+    from mergekit_cabs import register_all
 
+    register_all()
     config = MergeConfiguration.model_validate(yaml.safe_load(Path(config_path).read_text()))
     info = METHODS_BY_NAME.get(config.merge_method)
     if info is None:
@@ -281,7 +316,7 @@ def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
 def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
     """MergeKit's plan of the merge, reduced to what each tensor's masks need."""
     from mergekit.architecture import get_architecture_info
-    from mergekit.io.tasks import GatherTensors, LoaderCache, SaveTensor
+    from mergekit.io.tasks import LoaderCache, SaveTensor
     from mergekit.merge import _model_out_config
     from mergekit.plan import MergePlanner
 
@@ -289,7 +324,7 @@ def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
     out_config = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
     cache = LoaderCache()
     cache.setup(options=options)
-    for model in config.referenced_models():  # the planning checks read opened models only
+    for model in config.referenced_models():  # as run_merge warms its loader cache
         cache.get(model)
     planner = MergePlanner(config.model_copy(deep=True), arch_info, options=options,
                            out_model_config=out_config)
@@ -298,14 +333,11 @@ def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
     planned = planner.plan_to_disk(out_path=os.devnull)
     jobs = []
     for task in (p.tensor_task for p in planned if isinstance(p, SaveTensor)):
-        inputs = task.gather_tensors
-        if not isinstance(inputs, GatherTensors):  # a vocabulary step wraps the loads
-            inputs = inputs.gather_tensors
         tasks = tuple(m for m in task.model_order if m != task.base_model)
         shared = dict(task.parameters.items())
         jobs.append(TensorJob(
             name=task.output_weight.name,
-            inputs=inputs,
+            inputs=task.gather_tensors,  # with MergeKit's vocabulary alignment, if any
             base=task.base_model,
             tasks=tasks,
             densities=tuple(task.input_parameters[m]["density"] for m in tasks),
@@ -314,10 +346,27 @@ def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
     return jobs
 
 
-def load_tensor_group(inputs: Any) -> dict:
-    """One tensor of every model, read by MergeKit's loader (names, aliases, dtype)."""
-    loaded = {key: load.execute() for key, load in inputs.arguments().items()}
-    return inputs.execute(**loaded)
+def load_tensor_group(inputs: Any, results: dict) -> dict:
+    """One tensor of every model as the merge sees it: read by MergeKit's loader (names,
+    aliases, dtype) and, under ``tokenizer:`` settings, aligned to the merged vocabulary.
+
+    Runs ``inputs``'s MergeKit tasks depth first; a task without inputs of its own other
+    than tensors (the tokenizer build) is run once, its result kept in ``results``.
+    """
+    from mergekit.io.tasks import GatherTensors
+
+    if isinstance(inputs, GatherTensors):
+        loaded = {key: load.execute() for key, load in inputs.arguments().items()}
+        return inputs.execute(**loaded)
+    arguments = {}
+    for key, task in inputs.arguments().items():
+        if isinstance(task, GatherTensors) or task.arguments():
+            arguments[key] = load_tensor_group(task, results)
+        else:
+            if task not in results:
+                results[task] = task.execute()
+            arguments[key] = results[task]
+    return inputs.execute(**arguments)
 
 
 def unmap_safetensors_shards() -> None:
@@ -364,9 +413,10 @@ def inspect_config(
     seed = torch.initial_seed() if random_seed is None else random_seed
     balance_block_size = next((j.block_size for j in jobs if j.block_size), default_block_size())
     statistics = MaskStatistics(info.recipe, [str(m) for m in task_order], balance_block_size)
-    skipped = []
+    skipped, counted = [], []
+    shared_results: dict = {}  # the merged tokenizer, built once
     for job in tqdm(jobs, desc="Inspecting masks", unit="tensor", disable=not progress):
-        tensors = load_tensor_group(job.inputs)
+        tensors = load_tensor_group(job.inputs, shared_results)
         unmap_safetensors_shards()
         present = [tensors.get(m) for m in (job.base, *job.tasks)]
         if any(t is None or not t.is_floating_point() for t in present):
@@ -375,6 +425,8 @@ def inspect_config(
         base = present[0].to(device=device, dtype=torch.float32)
         taus = [t.to(device=device, dtype=torch.float32) - base for t in present[1:]]
         del tensors, present, base
+        counted.append((job.name, tensor_keep_counts(info.recipe, job.densities, job.block_size,
+                                                     taus[0].numel())))
         seeds = [tensor_seed(seed, job.name, i) for i in range(len(taus))]
         statistics.add(job.name, taus, job.densities, job.block_size, seeds)
         del taus
@@ -395,6 +447,7 @@ def inspect_config(
         "balance_block_size": balance_block_size,
         "tensors": len(jobs) - len(skipped),
         "skipped_tensors": skipped,
+        "keep_counts": keep_count_summary(info.recipe, counted),
         **statistics.report(),
     }
     report["seconds"] = round(time.perf_counter() - started, 3)
@@ -446,6 +499,7 @@ def format_table(report: dict) -> str:
         lines.append(row)
     lines.append("(kept = kept share; energy = kept energy share; CV = method|magnitude; "
                  f"blocks of {report['balance_block_size']})")
+    lines.append(f"\n{keep_count_sentence(report)}")
     return "\n".join(lines)
 
 
@@ -476,7 +530,7 @@ def write_figures(report: dict, out_dir: str | Path) -> Optional[list[Path]]:
                             "intersection / union")
     for kind, label, style in ((METHOD, report["merge_method"], "o-"),
                                (MAGNITUDE, "magnitude, same densities", "s--")):
-        axes.plot(positions, series(l["overlap"][kind]["all_pairs"] for l in layers), style,
+        axes.plot(positions, series(layer["overlap"][kind]["all_pairs"] for layer in layers), style,
                   label=label)
     axes.set_ylim(bottom=-0.02)  # keeps a line at exactly 0 (disjoint masks) visible
     axes.legend(fontsize=8)
@@ -487,10 +541,10 @@ def write_figures(report: dict, out_dir: str | Path) -> Optional[list[Path]]:
                             "||M·τ||² / ||τ||²")
     ca = report["recipe"]["conflict_aware"]
     for i, model in enumerate(report["models"]):
-        line, = axes.plot(positions, series(l["kept_energy"][METHOD][i] for l in layers), "o-",
+        line, = axes.plot(positions, series(layer["kept_energy"][METHOD][i] for layer in layers), "o-",
                           label=_short(model, i))
         if ca:
-            axes.plot(positions, series(l["kept_energy"][WITHOUT_CA][i] for l in layers), ":",
+            axes.plot(positions, series(layer["kept_energy"][WITHOUT_CA][i] for layer in layers), ":",
                       color=line.get_color(), label=f"{_short(model, i)} without CA")
     axes.set_ylim(0, 1)
     axes.legend(fontsize=7)

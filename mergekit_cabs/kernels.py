@@ -373,12 +373,16 @@ def merge_chunk(
     normalize: bool,
     seeds: Sequence[int] = (),
     compiled: Optional[bool] = None,
+    chunk_elements: Optional[int] = None,
 ) -> torch.Tensor:
-    """``base + lambda * combine(s_i * w_i * M_i * tau_i)`` in float32, for one chunk.
+    """``base + lambda * combine(s_i * w_i * M_i * tau_i)`` for one chunk: whole n:m blocks,
+    or the whole flat tensor for the per-tensor sparsifiers.
 
     A dropped entry of a delta is ``(s_i * w_i * tau_i) * 0``, a signed zero. ``compiled``
     picks the numba kernel (same bits; ``None``: when installed and the tensors are CPU
-    float32/bfloat16) or this torch code (``False``).
+    float32/bfloat16) or this torch code (``False``). The result is float32, except from
+    the per-tensor torch path (``per_tensor_merge``, in passes of ``chunk_elements``),
+    which writes its chunks straight into ``base``'s dtype; the caller casts either way.
     """
     if recipe.sparsifier is Sparsifier.RANDOM and len(seeds) != len(tuned):
         raise ValueError(f"random masks need one seed per model: {len(seeds)} seeds for {len(tuned)} models")
@@ -394,9 +398,27 @@ def merge_chunk(
             recipe.combine is Combine.TIES, normalize, normalizer(weights), recipe.conflict_aware,
             seeds if recipe.sparsifier is Sparsifier.RANDOM else None,
         )
+    if recipe.sparsifier is not Sparsifier.NM:
+        return per_tensor_merge(recipe, base, tuned, weights, densities, lam, normalize, seeds,
+                                chunk_elements)
     base32 = base.to(torch.float32)
     taus = [t.to(torch.float32) - base32 for t in tuned]
     masks = task_masks(recipe, taus, densities, block_size, seeds)
+    return masked_merge(recipe, base32, taus, masks, weights, densities, lam, normalize)
+
+
+def masked_merge(
+    recipe: Recipe,
+    base32: torch.Tensor,
+    taus: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    lam: float,
+    normalize: bool,
+) -> torch.Tensor:
+    """``base + lambda * combine_i((s_i * w_i * tau_i) * M_i)`` in float32, elementwise, so
+    any slice of the inputs gives that slice of the result. ``masks`` are bool or 0/1 ints."""
     deltas = [
         (tau * scale) * mask.to(torch.float32)
         for tau, mask, scale in zip(taus, masks, merge_scales(recipe, weights, densities))
@@ -406,6 +428,165 @@ def merge_chunk(
     else:
         merged = linear_combine(deltas, weights, normalize)
     return base32 + lam * merged
+
+
+# Keys are ranked by a two-pass radix select: a histogram of the high 16 bits finds the bin
+# holding the threshold, a histogram of the low 16 bits inside that bin finds the threshold.
+RADIX_BITS = 16
+RADIX_BINS = 1 << RADIX_BITS
+# Masks of up to this many tasks share one byte per position (bit i: task i kept it).
+TASKS_PER_MASK_PLANE = 8
+
+
+def chunk_spans(numel: int, chunk_elements: Optional[int]) -> list[tuple[int, int]]:
+    """``[lo, hi)`` spans of ``chunk_elements`` (all of ``numel`` when ``None``) covering ``numel``."""
+    step = max(chunk_elements or numel, 1)
+    return [(lo, min(lo + step, numel)) for lo in range(0, numel, step)]
+
+
+def high_digit(keys: torch.Tensor) -> torch.Tensor:
+    """``(key >> 16) + 2^15`` (arithmetic shift), in ``[0, 2^16)``: with ``low_digit``,
+    ordering by ``(high, low)`` is the signed order of int32 keys."""
+    return (keys >> RADIX_BITS) + RADIX_BINS // 2
+
+
+def low_digit(keys: torch.Tensor) -> torch.Tensor:
+    """``key & 0xFFFF``, in ``[0, 2^16)``."""
+    return keys & (RADIX_BINS - 1)
+
+
+def count_into(histogram: torch.Tensor, digits: torch.Tensor, counted: Optional[torch.Tensor] = None) -> None:
+    """``histogram[d] += #{j : digits_j == d (and counted_j)}``, in place.
+
+    ``index_add_`` rather than ``bincount``: on CUDA ``bincount`` reads its input's range
+    back to the host, a synchronisation per call; ``index_add_`` stays on the device.
+    """
+    ones = torch.ones(1, dtype=histogram.dtype, device=histogram.device).expand(digits.numel())
+    histogram.index_add_(0, digits, ones if counted is None else counted.to(histogram.dtype))
+
+
+def bin_from_top(histogram: torch.Tensor, rank: int) -> tuple[int, int]:
+    """``(b, above)``: the bin holding the ``rank``-th largest counted value (``rank >= 1``),
+    ``b = max{b : sum_{b' >= b} h[b'] >= rank}``, and ``above = sum_{b' > b} h[b']``."""
+    from_top = histogram.flip(0).cumsum(0)
+    position = torch.searchsorted(from_top, torch.tensor([rank], device=histogram.device))
+    found = torch.cat([position, from_top[position] - histogram.flip(0)[position]])
+    position, above = (int(v) for v in found.tolist())
+    return histogram.numel() - 1 - position, above
+
+
+@dataclass(frozen=True)
+class RankCut:
+    """Where the ``n`` best keys end: keys above ``threshold`` are kept, and of the
+    ``ties`` keys equal to it the first ``room`` in index order."""
+
+    threshold: int
+    room: int
+    ties: int
+
+
+def rank_cut(keys: torch.Tensor, high_counts: torch.Tensor, n: int,
+             spans: Sequence[tuple[int, int]]) -> RankCut:
+    """The cut of the ``n`` largest ``keys`` (``1 <= n <= numel``), given the histogram of
+    their high digits: one more pass over ``spans`` counts low digits in the threshold's bin."""
+    high_bin, above_bin = bin_from_top(high_counts, n)
+    low_counts = torch.zeros_like(high_counts)
+    for lo, hi in spans:
+        count_into(low_counts, low_digit(keys[lo:hi]), high_digit(keys[lo:hi]) == high_bin)
+    low_bin, above_low = bin_from_top(low_counts, n - above_bin)
+    threshold = ((high_bin - RADIX_BINS // 2) << RADIX_BITS) | low_bin
+    ties = int(low_counts[low_bin])
+    return RankCut(threshold, n - above_bin - above_low, ties)
+
+
+def ties_per_chunk(keys: torch.Tensor, cut: RankCut, spans: Sequence[tuple[int, int]]) -> list[int]:
+    """``#{j in span : key_j == threshold}`` for each span where ties compete for room
+    (zeros where they all fit), read back to the host at once."""
+    if cut.ties <= cut.room:
+        return [0] * len(spans)
+    return torch.stack([(keys[lo:hi] == cut.threshold).sum() for lo, hi in spans]).tolist()
+
+
+def kept_by_rank(keys: torch.Tensor, cut: RankCut, ties_before: int, ties_here: int) -> torch.Tensor:
+    """Bool mask of one chunk's keys within ``cut``, given the threshold ties of earlier
+    chunks and of this one, so that ties go to the lowest indices of the whole tensor:
+    ``key > t  or  (key == t  and  ties_before + #{j' <= j : key_j' == t} <= room)``.
+    Only a chunk where the room runs out needs the running count."""
+    if ties_before >= cut.room:
+        return keys > cut.threshold
+    if ties_before + ties_here <= cut.room:
+        return keys >= cut.threshold
+    at = keys == cut.threshold
+    return (keys > cut.threshold) | (at & (at.cumsum(0) <= cut.room - ties_before))
+
+
+def per_tensor_merge(
+    recipe: Recipe,
+    base: torch.Tensor,
+    tuned: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    lam: float,
+    normalize: bool,
+    seeds: Sequence[int],
+    chunk_elements: Optional[int],
+) -> torch.Tensor:
+    """The magnitude or random (DARE) merge of one flat tensor, in passes over chunks.
+
+    Equal bit for bit to ``masked_merge`` of ``task_masks`` on the whole tensor. For each
+    task in order: a pass computes its keys (``score_bits`` of ``|tau_i|`` or of the draws
+    ``random_scores(..., offset)``, claimed positions shifted down by ``_CLAIMED_OFFSET``)
+    into one int32 buffer shared by all tasks and counts their high digits; ``rank_cut``
+    finds the threshold and its ties (``ties_per_chunk`` where they compete for room); a
+    pass keeps ``kept_by_rank & (tau_i != 0)`` as bit ``i`` of a byte-per-position mask plane. A last pass merges each chunk with
+    ``masked_merge`` into the result, in ``base``'s dtype. Besides inputs and result this
+    holds one int32 and ``ceil(k / 8)`` uint8 tensor-sized buffers plus a few chunk-sized
+    temporaries, whatever the tensor's size. On CUDA nothing leaves the device but a few
+    scalars per task and, where ties compete, one count per chunk, read back in one transfer.
+    """
+    numel, device = base.numel(), base.device
+    spans = chunk_spans(numel, chunk_elements)
+    planes = torch.zeros((-(-len(tuned) // TASKS_PER_MASK_PLANE), numel), dtype=torch.uint8, device=device)
+    keys = torch.empty(numel, dtype=torch.int32, device=device)
+
+    def task_vector(task: int, lo: int, hi: int) -> torch.Tensor:
+        return tuned[task][lo:hi].to(torch.float32) - base[lo:hi].to(torch.float32)
+
+    def task_mask(task: int, lo: int, hi: int) -> torch.Tensor:
+        plane, bit = divmod(task, TASKS_PER_MASK_PLANE)
+        return (planes[plane, lo:hi] >> bit) & 1
+
+    for task, density in enumerate(densities):
+        n = min(keep_count(density, max(numel, 1)), numel)
+        if n <= 0:
+            continue
+        high_counts = torch.zeros(RADIX_BINS, dtype=torch.int64, device=device)
+        for lo, hi in spans:
+            if recipe.sparsifier is Sparsifier.RANDOM:
+                score = random_scores((hi - lo,), seeds[task], device, offset=lo)
+            else:
+                score = task_vector(task, lo, hi)
+            chunk_keys = score_bits(score)
+            if recipe.conflict_aware:
+                claimed = functools.reduce(torch.bitwise_or, planes[:, lo:hi]) != 0
+                chunk_keys = torch.where(claimed, chunk_keys - _CLAIMED_OFFSET, chunk_keys)
+            keys[lo:hi] = chunk_keys
+            count_into(high_counts, high_digit(chunk_keys))
+        cut = rank_cut(keys, high_counts, n, spans)
+        plane, bit = divmod(task, TASKS_PER_MASK_PLANE)
+        ties_before = 0
+        for (lo, hi), ties_here in zip(spans, ties_per_chunk(keys, cut, spans)):
+            kept = kept_by_rank(keys[lo:hi], cut, ties_before, ties_here) & (task_vector(task, lo, hi) != 0)
+            planes[plane, lo:hi] |= kept.to(torch.uint8) << bit
+            ties_before += ties_here
+    del keys
+    out = torch.empty_like(base)
+    for lo, hi in spans:
+        base32 = base[lo:hi].to(torch.float32)
+        taus = [t[lo:hi].to(torch.float32) - base32 for t in tuned]
+        masks = [task_mask(task, lo, hi) for task in range(len(tuned))]
+        out[lo:hi] = masked_merge(recipe, base32, taus, masks, weights, densities, lam, normalize)
+    return out
 
 
 def merge_tensor(
@@ -424,14 +605,21 @@ def merge_tensor(
     """Merge one tensor; the result has ``base``'s dtype, device and shape.
 
     n:m blocks are independent, so the flattened tensor is processed ``chunk_blocks``
-    full blocks at a time (then the tail) with a result identical to one pass; the
-    magnitude and random sparsifiers rank the whole tensor and take one pass.
+    full blocks at a time (then the tail) with a result identical to one pass. The
+    magnitude and random sparsifiers rank the whole tensor: the compiled kernel takes it
+    in one call, the torch path in passes over chunks of ``chunk_blocks * block_size``
+    elements (``per_tensor_merge``), again with an identical result.
     """
     flat_base = base.reshape(-1)
     flat_tuned = [t.reshape(-1) for t in tuned]
+    if recipe.sparsifier is not Sparsifier.NM:
+        merged = merge_chunk(recipe, flat_base, flat_tuned, weights, densities, block_size, lam,
+                             normalize, seeds, compiled,
+                             chunk_elements=chunk_blocks and chunk_blocks * block_size)
+        return merged.to(base.dtype).view(base.shape)
     out = torch.empty_like(flat_base)
     spans = [(0, flat_base.numel())]
-    if recipe.sparsifier is Sparsifier.NM and chunk_blocks:
+    if chunk_blocks:
         full = (flat_base.numel() // block_size) * block_size
         step = chunk_blocks * block_size
         spans = [(lo, min(lo + step, full)) for lo in range(0, full, step)]

@@ -23,7 +23,7 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
-from mergekit_cabs.compat import install_optional_alias_fix
+from mergekit_cabs import merge_log
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor, tensor_seed
 from mergekit_cabs.validation import (
     MergeConfigError,
@@ -117,12 +117,6 @@ class SparseTaskArithmeticMerge(GroupMergeMethod):
         *,
         group_name: Optional[str] = None,
     ) -> None:
-        # Planning starts here; the planner exists by now even if MergeKit was imported
-        # in an order that kept the start-up hook from patching it.
-        install_optional_alias_fix()
-        from mergekit_cabs.card import install_card_hook  # card.py reads this module's table
-
-        install_card_hook()
         check_group_inputs(self.info.name, input_ids, base_id, group_name)
         super().validate_inputs(input_ids, base_id, group_name=group_name)
 
@@ -135,6 +129,12 @@ class SparseTaskArithmeticMerge(GroupMergeMethod):
         block_size = params.get("block_size", 1)
         if self.info.recipe.sparsifier is Sparsifier.NM:
             check_keep_counts(self.info.name, name, [e.id for e in entries], densities, block_size)
+        merge_log.record(
+            (self.info.name, group.base.id, tuple(e.id for e in entries)),
+            merge_log.TensorRecord(name, group.base.tensor.numel(), tuple(densities),
+                                   tuple(params["weight"][e.id] for e in entries),
+                                   block_size if self.info.recipe.sparsifier is Sparsifier.NM
+                                   else None))
         seed = torch.initial_seed()
         merged = merge_tensor(
             self.info.recipe,

@@ -72,3 +72,39 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for shard in sorted(Path(path).glob("*.safetensors")):
         state.update(load_file(shard))
     return state
+
+
+def save_tiny_tokenizer(path: str | os.PathLike, vocab_size: int, added_tokens: int = 0) -> None:
+    """A word-level tokenizer of ``vocab_size`` tokens (``<unk>``, ``<s>``, ``</s>``,
+    ``w3``...) plus ``added_tokens`` chat tokens ``<|extra_i|>``, saved to ``path``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"w{i}": i for i in range(3, vocab_size)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        bos_token="<s>", eos_token="</s>")
+    tokenizer.add_tokens([f"<|extra_{i}|>" for i in range(added_tokens)], special_tokens=True)
+    tokenizer.save_pretrained(path)
+
+
+def build_resized_vocab_family(
+    root: str | os.PathLike, added_tokens: int = 8, seed: int = 0
+) -> tuple[str, list[str]]:
+    """A base with a 64-token vocabulary, one fine-tune of the same vocabulary and one with
+    ``added_tokens`` chat tokens (its embedding and output rows resized), each with its
+    tokenizer; absolute paths."""
+    from transformers import LlamaForCausalLM
+
+    root = Path(root).resolve()
+    base_path, (same_vocab, to_resize) = build_tiny_family(root, n_finetuned=2, seed=seed)
+    vocab_size = tiny_llama_config().vocab_size
+    for path in (base_path, same_vocab):
+        save_tiny_tokenizer(path, vocab_size)
+    model = LlamaForCausalLM.from_pretrained(to_resize)
+    model.resize_token_embeddings(vocab_size + added_tokens, mean_resizing=False)
+    model.save_pretrained(to_resize, safe_serialization=True)
+    save_tiny_tokenizer(to_resize, vocab_size, added_tokens)
+    return base_path, [same_vocab, to_resize]

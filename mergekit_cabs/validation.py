@@ -1,16 +1,15 @@
 """Checks of merge inputs, each failing with a message that names the culprit and the fix.
 
 Pure Python plus torch; MergeKit calls these through the method class (every pipeline)
-and, during planning, through ``compat.install_planning_checks`` (before any tensor loads).
+and, during planning, through ``planning_checked`` (installed by ``compat``; before any
+tensor loads). Shapes are checked by MergeKit itself when a tensor group merges, after its
+``tokenizer:`` settings have aligned the vocabularies.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-import os
-import struct
-from functools import lru_cache
 from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -26,8 +25,16 @@ FOREIGN_PARAMETER_HINTS = {
     "m_val": "use block_size for m (n = round(density * block_size))",
     "pruning_order": "the conflict-aware order is the order of `models:`; reorder that list",
     "rescale": "only the DARE variants rescale, always by 1/density",
-    "int8_mask": "it is an option of MergeKit's ties with no effect here; drop it",
 }
+
+# Options of MergeKit's own methods that change nothing but memory use there: a config
+# ported from MergeKit's examples keeps them, with a one-line notice.
+HARMLESS_MERGEKIT_OPTIONS = {
+    "int8_mask": "an option of MergeKit's ties that only saves memory there",
+}
+
+LOG = logging.getLogger(__name__)
+_noticed: set = set()
 
 
 class MergeConfigError(ValueError):
@@ -129,10 +136,24 @@ def check_setting_keys(
     known: Sequence[str],
     settings: Optional[Mapping[str, Any]],
     where: str,
+    shared_only: Sequence[str] = (),
 ) -> None:
-    """Refuse parameters the method does not have (MergeKit would ignore them silently)."""
+    """Refuse parameters the method does not have (MergeKit would ignore them silently),
+    and shared parameters set for one model (MergeKit would ignore those too); keep
+    MergeKit's memory-only options with a one-line notice."""
     for key in settings or {}:
+        if key in shared_only:
+            raise MergeConfigError(
+                f"{method}: `{key}` is shared by all models, but {where} sets it; MergeKit "
+                f"would ignore it there. Set it once under the top-level `parameters:`."
+            )
         if key in known:
+            continue
+        if key in HARMLESS_MERGEKIT_OPTIONS:
+            if (method, key) not in _noticed:
+                _noticed.add((method, key))
+                LOG.warning("%s: ignoring `%s` (%s; it changes nothing here).",
+                            method, key, HARMLESS_MERGEKIT_OPTIONS[key])
             continue
         hint = FOREIGN_PARAMETER_HINTS.get(key, f"its parameters are {', '.join(known)}")
         raise MergeConfigError(
@@ -140,47 +161,142 @@ def check_setting_keys(
         )
 
 
+def _is_gradient(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(e, (int, float, str)) and not isinstance(e, bool) for e in value
+    )
+
+
 def check_block_size_setting(method: str, setting: Any) -> None:
-    """block_size is one integer per tensor: a gradient would interpolate to fractions."""
-    if isinstance(setting, list) and all(
-        isinstance(e, (int, float, str)) and not isinstance(e, bool) for e in setting
-    ):
-        raise MergeConfigError(
-            f"{method}: block_size {setting} is a per-layer gradient, which would "
-            "interpolate to fractional block sizes. Give one integer, or per-tensor "
-            "integers with filters: [{filter: mlp, value: 128}, {value: 256}]."
-        )
-
-
-@lru_cache(maxsize=1024)
-def safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from a safetensors file's JSON header, without reading any tensor."""
-    with open(path, "rb") as file:
-        (header_size,) = struct.unpack("<Q", file.read(8))
-        header = json.loads(file.read(header_size))
-    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-
-
-def stored_shape(base_path: str, shard: str, tensor: str) -> Optional[tuple[int, ...]]:
-    """Shape of ``tensor`` in shard ``shard`` of a model at ``base_path`` (None if unknown)."""
-    path = shard if os.path.isabs(shard) else os.path.join(base_path, shard)
-    if not path.endswith(".safetensors") or not os.path.exists(path):
-        return None
-    return safetensors_shapes(path).get(tensor)
-
-
-def check_input_shapes(
-    method: str, tensor: str, base: Any, shapes: Mapping[Any, Optional[tuple[int, ...]]]
-) -> None:
-    """Every fine-tuned tensor must have the base's shape (task vectors are differences)."""
-    base_shape = shapes.get(base)
-    if base_shape is None:
-        return
-    for model, shape in shapes.items():
-        if shape is not None and shape != base_shape:
+    """block_size is one integer per tensor: a gradient, plain or as a filter's value,
+    would interpolate to fractional block sizes."""
+    conditions = setting if isinstance(setting, list) and not _is_gradient(setting) else [setting]
+    for condition in conditions:
+        value = getattr(condition, "value", condition)
+        if _is_gradient(value):
+            where = f" (filter {condition.filter!r})" if hasattr(condition, "filter") else ""
             raise MergeConfigError(
-                f"{method}: tensor {tensor} has shape {list(shape)} in model {model} but "
-                f"{list(base_shape)} in the base model {base}. Task vectors need identical "
-                "architectures: merge models fine-tuned from this base (for a resized "
-                "vocabulary, align it with MergeKit's `tokenizer:` settings)."
+                f"{method}: block_size {value}{where} is a per-layer gradient, which would "
+                "interpolate to fractional block sizes. Give one integer, or per-tensor "
+                "integers with filters: [{filter: mlp, value: 128}, {value: 256}]."
             )
+
+
+def warn_if_counts_overlap(method: str, tensor: str, models: Sequence[Any],
+                           densities: Sequence[float], block_size: int) -> None:
+    """Densities summing to <= 1 whose rounded n:m counts overflow the block: say so once,
+    with the ``block_size`` that makes the conflict-aware masks disjoint."""
+    counts = [keep_count(d, block_size) for d in densities]
+    if sum(densities) > 1 or sum(counts) <= block_size:
+        return
+    key = (method, tuple(densities), block_size)
+    if key in _noticed:
+        return
+    _noticed.add(key)
+    from mergekit_cabs.keep_counts import disjoint_block_size
+
+    fit = disjoint_block_size(densities, block_size)
+    fit_power = disjoint_block_size(densities, block_size, power_of_two=True)
+    if fit is None:
+        advice = "no block_size up to 65536 makes them disjoint; lower a density"
+    elif fit_power not in (None, fit):
+        advice = f"block_size {fit} (or {fit_power}, the smallest power of two) makes them disjoint"
+    else:
+        advice = f"block_size {fit} makes them disjoint"
+    LOG.warning(
+        "%s: densities %s sum to %g <= 1, but at block_size %d they keep %s = %d > %d entries "
+        "per block (tensor %s and others), so the masks of %s overlap; %s.",
+        method, list(densities), sum(densities), block_size,
+        " + ".join(map(str, counts)), sum(counts), block_size, tensor,
+        ", ".join(map(str, models)), advice,
+    )
+
+
+def _validation_message(error: Exception) -> str:
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        return f"{message} (got {first.get('input')!r})" if "got" not in message else message
+    return str(error)
+
+
+def _explain_resolution_error(resolve_parameter: Any, spec: Any, tensor_name: str, inputs: dict,
+                              sources: Any, base_model: Any, t: float) -> None:
+    """Re-resolve parameter by parameter to say which one, for which model, failed."""
+    targets = [(p, None) for p in spec.shared_parameters]
+    targets += [
+        (p, model)
+        for model in inputs
+        for p in spec.input_parameters
+        if model != base_model or p.scope.value == "input"
+    ]
+    for parameter, model in targets:
+        try:
+            resolve_parameter(
+                parameter, tuple(sources(model)), tensor_name=tensor_name, model=model, t=t
+            )
+        except Exception as error:  # noqa: BLE001 - re-raised with its context
+            owner = f"model {model}" if model is not None else "the shared `parameters:`"
+            if "Missing required parameter" in str(error):
+                raise MergeConfigError(
+                    f"{spec.name}: {owner} has no `{parameter.name}` (tensor {tensor_name}). "
+                    f"Set it per model or once under `parameters:`, e.g. {parameter.name}: 0.25."
+                ) from None
+            raise MergeConfigError(
+                f"{spec.name}: invalid `{parameter.name}` for {owner} (tensor "
+                f"{tensor_name}): {_validation_message(error)}."
+            ) from None
+
+
+def own_settings(sources: Any, model: Any) -> list:
+    """The settings a model sets itself: its sources that the shared ones do not include."""
+    shared = {id(s) for s in sources(None)}
+    return [s for s in sources(model) if id(s) not in shared]
+
+
+def planning_checked(resolve_parameters: Any) -> Any:
+    """MergeKit's ``resolve_parameters``, checking our methods' settings as it resolves them.
+
+    MergeKit 0.1.5 resolves every tensor's parameters while it plans and only starts
+    loading after planning succeeds; it has no hook for checks that span parameters
+    (density with block_size) or for keys it silently drops.
+    """
+    from mergekit.parameter_resolver import resolve_parameter
+
+    from mergekit_cabs.methods import METHODS_BY_NAME
+
+    def checked(spec, *, tensor_name, inputs, sources, base_model=None, t=0):
+        info = METHODS_BY_NAME.get(spec.name)
+        if info is None:
+            return resolve_parameters(spec, tensor_name=tensor_name, inputs=inputs,
+                                      sources=sources, base_model=base_model, t=t)
+        known = info.parameter_names
+        shared_only = [p.name for p in spec.shared_parameters]
+        for settings in sources(None):
+            check_setting_keys(spec.name, known, settings, "shared `parameters:`")
+            if settings and "block_size" in settings:
+                check_block_size_setting(spec.name, settings["block_size"])
+        for model in inputs:
+            for settings in own_settings(sources, model):
+                check_setting_keys(spec.name, known, settings, f"model {model}", shared_only)
+        try:
+            shared, per_input = resolve_parameters(
+                spec, tensor_name=tensor_name, inputs=inputs, sources=sources,
+                base_model=base_model, t=t)
+        except Exception:
+            _explain_resolution_error(resolve_parameter, spec, tensor_name, inputs, sources,
+                                      base_model, t)
+            raise
+        if "block_size" in shared:
+            models = [m for m in per_input if m != base_model]
+            densities = [per_input[m]["density"] for m in models]
+            check_keep_counts(spec.name, tensor_name, models, densities, shared["block_size"])
+            if info.recipe.conflict_aware:
+                warn_if_counts_overlap(spec.name, tensor_name, models, densities,
+                                       shared["block_size"])
+        return shared, per_input
+
+    checked.__mergekit_cabs__ = True
+    checked.__wrapped__ = resolve_parameters
+    return checked

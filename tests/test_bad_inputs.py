@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import save_file
 
 from conftest import run_mergekit_yaml, run_mergekit_yaml_in_process, write_config
-from mergekit_cabs.tiny_models import build_tiny_family, load_state, tiny_llama_config
+from mergekit_cabs.tiny_models import load_state, tiny_llama_config
 
 DOCS = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
 
@@ -91,8 +91,13 @@ BAD = [
          "no fine-tuned model besides the base"),
     case("model-listed-twice", lambda b, m, o: {**cabs(b, m), "models": cabs(b, m)["models"] + cabs(b, m)["models"][:1]},
          "is listed twice"),
+    case("block-size-per-model", lambda b, m, o: set_model_param(cabs(b, m), 1, block_size=64),
+         "`block_size` is shared by all models, but model"),
+    case("block-size-gradient-in-filter",
+         lambda b, m, o: cabs(b, m, block_size=[{"filter": "mlp", "value": [16, 64]}, {"value": 16}]),
+         "block_size [16, 64] (filter 'mlp') is a per-layer gradient"),
     case("shape-mismatch", lambda b, m, o: cabs(b, [m[0], o["wide"]]),
-         "has shape [40, 32] in model"),
+         "Tensor size mismatch for model.layers.0.mlp.down_proj.weight"),
     case("nan-in-checkpoint", lambda b, m, o: cabs(b, [m[1], o["nan"]]),
          "contains NaN or inf"),
     case("authors-n-val", lambda b, m, o: set_model_param(cabs(b, m), 0, n_val=64),
@@ -124,6 +129,7 @@ def test_bad_input_fails_clearly_before_writing(build, message, tiny_family, odd
     assert_nothing_written(tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["density-rounds-to-zero", "nan-in-checkpoint"])
 def test_plain_mergekit_yaml_subprocess_reports_the_same_error(case_id, tiny_family, odd_models, tmp_path):
     (build, message), = [p.values for p in BAD if p.id == case_id]
@@ -135,6 +141,7 @@ def test_plain_mergekit_yaml_subprocess_reports_the_same_error(case_id, tiny_fam
     assert_nothing_written(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_block_size_larger_than_a_tensor_applies_the_tail_rule(tiny_family, tmp_path):
     base, models = tiny_family
     (tmp_path / "c.yml").write_text(yaml.safe_dump(cabs(base, models, block_size=4096)))
@@ -145,6 +152,7 @@ def test_block_size_larger_than_a_tensor_applies_the_tail_rule(tiny_family, tmp_
     assert int((merged[norm] != base_state[norm]).sum()) <= 3 * 8
 
 
+@pytest.mark.slow
 def test_ties_variant_with_all_zero_task_vectors_returns_the_base(tiny_family, tmp_path):
     base, _ = tiny_family
     copy = tmp_path / "same_as_base"
@@ -158,9 +166,31 @@ def test_ties_variant_with_all_zero_task_vectors_returns_the_base(tiny_family, t
     assert all(torch.equal(merged[k], base_state[k]) for k in base_state)
 
 
+def test_mergekit_memory_option_int8_mask_merges_with_a_notice(tiny_family, tmp_path, caplog):
+    base, models = tiny_family
+    write_config(tmp_path / "c.yml", "cabs", base, models[:2], [{"density": 0.25}] * 2,
+                 {"block_size": 16, "int8_mask": True})
+    code, error = run_mergekit_yaml_in_process(tmp_path / "c.yml", tmp_path / "out")
+    assert code == 0, error[-2000:]
+    assert "cabs: ignoring `int8_mask` (an option of MergeKit's ties that only saves memory" \
+        in caplog.text
+
+
+def test_densities_within_one_whose_counts_overflow_the_block_warn_with_a_block_size(
+        tiny_family, tmp_path, caplog):
+    base, models = tiny_family
+    write_config(tmp_path / "c.yml", "cabs", base, models, [{"density": 0.33}] * 3,
+                 {"block_size": 32})
+    code, error = run_mergekit_yaml_in_process(tmp_path / "c.yml", tmp_path / "out")
+    assert code == 0, error[-2000:]
+    assert "keep 11 + 11 + 11 = 33 > 32 entries per block" in caplog.text
+    assert "block_size 33 (or 64, the smallest power of two) makes them disjoint" in caplog.text
+
+
 def test_every_case_is_documented():
     documented = DOCS.read_text()
     for param in BAD:
         assert f"`{param.id}`" in documented, param.id
-    for extra in ("block-size-larger-than-tensor", "all-zero-task-vectors", "integer-buffers"):
+    for extra in ("block-size-larger-than-tensor", "all-zero-task-vectors", "integer-buffers",
+                  "int8-mask", "counts-overflow-block", "resized-vocabulary"):
         assert f"`{extra}`" in documented

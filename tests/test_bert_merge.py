@@ -1,4 +1,4 @@
-"""BERT-family models merge through plain `mergekit-yaml` (compat.install_optional_alias_fix).
+"""BERT-family models merge through plain `mergekit-yaml` (compat.plan_tensor_with_concatenable_aliases).
 
 MergeKit 0.1.5 plans BERT's optional weights that have aliases (``position_ids``) with
 ``[name] + aliases`` on a tuple and crashes before loading anything; the plugin's start-up
@@ -13,6 +13,9 @@ import torch
 from conftest import run_mergekit_yaml, write_config
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, keep_count, merge_tensor
 from mergekit_cabs.tiny_models import load_state
+
+# Subprocess merges: the full suite only (`-m "not slow"` skips them).
+pytestmark = pytest.mark.slow
 
 DENSITY, BLOCK_SIZE, WEIGHT = 0.25, 16, 1.5
 

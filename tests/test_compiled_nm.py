@@ -16,6 +16,10 @@ from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
 
 compiled_nm = pytest.importorskip("mergekit_cabs.compiled_nm")
 
+# A 144-case bit-for-bit sweep and a cold JIT compile in a subprocess (minutes on 2 cores): the full suite only; the unit tier
+# reaches the compiled path through tests/test_properties.py.
+pytestmark = pytest.mark.slow
+
 COMPILED_RECIPES = [Recipe(s, ca, c) for s in Sparsifier for ca in (False, True) for c in Combine]
 CASES = [  # shape, k, block_size, densities, weights
     ((67, 45), 3, 64, [0.25, 0.25, 0.25], [1.2, 0.9, 1.1]),

@@ -7,9 +7,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import MERGEKIT_YAML, run_mergekit_yaml, write_config
+from conftest import run_mergekit_yaml, write_config
 from mergekit_cabs.methods import METHOD_TABLE
 from mergekit_cabs.tiny_models import load_state
 
@@ -24,6 +25,89 @@ def run_python(code, env=None, **kwargs):
     )
 
 
+# Run after an entry point or import order: are our names registered, and do MergeKit's
+# planning checks refuse an unknown key? Nothing of ours is imported before both answers.
+PROBE = """
+from mergekit import merge_methods
+import mergekit.plan
+names = sorted(m.spec.name for m in merge_methods.registered_methods())
+try:
+    mergekit.plan.resolve_parameters(
+        merge_methods.get("cabs").spec, tensor_name="w", inputs={"m": "w"},
+        sources=lambda model: [{"density": 0.5, "n_val": 2}], base_model=None)
+    checked = "unchecked"
+except Exception as error:
+    checked = type(error).__name__
+print(names)
+print(checked)
+"""
+
+
+def assert_registered_and_checked(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "failed to load" not in result.stderr, result.stderr[-3000:]
+    names, checked = result.stdout.strip().split("\n")[-2:]
+    assert set(NAMES) <= set(eval(names))
+    assert checked == "MergeConfigError"
+
+
+@pytest.mark.slow
+def test_find_spec_probe_before_import_still_registers():
+    assert_registered_and_checked(run_python(
+        "import importlib.util\nimportlib.util.find_spec('mergekit.merge_methods')\n" + PROBE))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", [
+    "mergekit.parameter_resolver", "mergekit.plan", "mergekit.merge", "mergekit.config",
+    "mergekit.card", "mergekit.merge_methods.base", "mergekit.scripts.run_yaml",
+    "mergekit.scripts.multimerge",
+])
+def test_importing_a_mergekit_submodule_first_still_registers(first):
+    # mergekit.parameter_resolver first used to import merge_methods half-way through
+    # itself: the plugin then met a partially initialized module.
+    assert_registered_and_checked(run_python(f"import {first}\n" + PROBE))
+
+
+@pytest.mark.slow
+def test_spawned_child_process_registers(tmp_path):
+    (tmp_path / "probe_module.py").write_text(
+        "def probe():\n    import io, contextlib\n    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        f"        exec({PROBE!r}, {{}})\n    return out.getvalue()\n")
+    result = run_python("""
+        import multiprocessing
+        import probe_module
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                print(pool.apply(probe_module.probe), end="")
+    """, env={"PYTHONPATH": str(tmp_path)})
+    assert_registered_and_checked(result)
+
+
+@pytest.mark.slow
+def test_changed_mergekit_internals_are_an_error_at_registration_not_a_downgrade():
+    result = run_python("""
+        import mergekit.parameter_resolver as resolver, mergekit.plan as plan
+        def resolve_parameters(spec, *, tensor_name, inputs, sources, base_model=None, t=0, extra=None):
+            pass
+        resolver.resolve_parameters = plan.resolve_parameters = resolve_parameters
+        from mergekit import merge_methods
+        from mergekit_cabs import register_all
+        try:
+            register_all()
+        except Exception as error:
+            print(type(error).__name__, error)
+        print("cabs" in [m.spec.name for m in merge_methods.registered_methods()])
+    """, env={"MERGEKIT_CABS_NO_HOOK": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    message, registered = result.stdout.strip().split("\n")
+    assert message.startswith("IncompatibleMergeKit mergekit-cabs cannot attach to MergeKit 0.1.5")
+    assert "mergekit.parameter_resolver.resolve_parameters is defined in __main__" in message
+    assert "mergekit-cabs merge CONFIG OUT" in message
+    assert registered == "False"
+
+
 def test_interpreter_start_imports_neither_torch_nor_mergekit():
     result = run_python("""
         import sys
@@ -34,6 +118,7 @@ def test_interpreter_start_imports_neither_torch_nor_mergekit():
     assert result.stdout.strip() == "['mergekit_cabs_hook']"
 
 
+@pytest.mark.slow
 def test_importing_mergekit_merge_methods_registers_every_name():
     result = run_python("""
         from mergekit import merge_methods
@@ -43,6 +128,7 @@ def test_importing_mergekit_merge_methods_registers_every_name():
     assert set(NAMES) <= set(eval(result.stdout))
 
 
+@pytest.mark.slow
 def test_without_the_hook_plain_mergekit_does_not_know_cabs():
     result = run_python("""
         from mergekit import merge_methods
@@ -52,17 +138,32 @@ def test_without_the_hook_plain_mergekit_does_not_know_cabs():
     assert not set(NAMES) & set(eval(result.stdout))
 
 
-def test_explicit_import_registers_without_the_hook():
+@pytest.mark.slow
+def test_import_mergekit_cabs_registers_once_mergekit_loads_without_the_hook():
     result = run_python("""
+        import sys
         import mergekit_cabs
+        print("mergekit" in sys.modules)
         from mergekit import merge_methods
-        print(sorted(mergekit_cabs.REGISTERED_METHODS))
-        print(all(merge_methods.get(name) for name in mergekit_cabs.REGISTERED_METHODS))
+        print(sorted(m.spec.name for m in merge_methods.registered_methods()
+                     if m.spec.name in mergekit_cabs.register_all()))
     """, env={"MERGEKIT_CABS_NO_HOOK": "1"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == [str(NAMES), "True"]
+    assert result.stdout.split("\n")[:2] == ["False", str(NAMES)]
 
 
+@pytest.mark.slow
+def test_kernels_import_neither_mergekit_nor_transformers():
+    result = run_python("""
+        import sys
+        import mergekit_cabs.kernels, mergekit_cabs.compiled_nm, mergekit_cabs.keep_counts
+        print(sorted(m for m in ("mergekit", "transformers") if m in sys.modules))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
 def test_broken_plugin_warns_and_mergekit_still_merges(tiny_family, tmp_path):
     plugins = tmp_path / "plugins"
     dist_info = plugins / "broken_plugin-0.1.dist-info"
@@ -81,6 +182,7 @@ def test_broken_plugin_warns_and_mergekit_still_merges(tiny_family, tmp_path):
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_python_m_mergekit_cabs_is_mergekit_yaml_with_all_its_flags():
     result = subprocess.run([sys.executable, "-m", "mergekit_cabs", "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -89,6 +191,7 @@ def test_python_m_mergekit_cabs_is_mergekit_yaml_with_all_its_flags():
         assert flag in result.stdout
 
 
+@pytest.mark.slow
 def test_mergekit_cabs_command_lists_its_subcommands():
     result = subprocess.run([str(BIN / "mergekit-cabs"), "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -97,6 +200,7 @@ def test_mergekit_cabs_command_lists_its_subcommands():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_console_script_wraps_mergekit_yaml_without_the_hook(tiny_family, tmp_path):
     base, models = tiny_family
     params = [{"weight": 1.0, "density": 0.25}] * 2
@@ -113,6 +217,7 @@ def test_console_script_wraps_mergekit_yaml_without_the_hook(tiny_family, tmp_pa
         (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_mergekit_multi_runs_a_chain_of_our_methods(tiny_family, tmp_path):
     base, models = tiny_family
     first = {
@@ -140,6 +245,20 @@ def test_mergekit_multi_runs_a_chain_of_our_methods(tiny_family, tmp_path):
     assert load_state(tmp_path / "steps" / "first").keys() == load_state(tmp_path / "out").keys()
 
 
+@pytest.mark.slow
+def test_python_m_run_yaml_merges_with_our_method(tiny_family, tmp_path):
+    base, models = tiny_family
+    params = [{"weight": 1.0, "density": 0.25}] * 2
+    write_config(tmp_path / "c.yml", "cabs", base, models[:2], params, {"block_size": 16})
+    result = subprocess.run(
+        [sys.executable, "-m", "mergekit.scripts.run_yaml", str(tmp_path / "c.yml"),
+         str(tmp_path / "out"), "--no-copy-tokenizer"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
 def test_run_merge_without_importing_the_plugin(tiny_family, tmp_path):
     base, models = tiny_family
     params = [{"weight": 1.0, "density": 0.25}] * 2
@@ -162,6 +281,7 @@ def test_run_merge_without_importing_the_plugin(tiny_family, tmp_path):
         (tmp_path / "cli" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_merge_tensors_accepts_our_names_by_string():
     result = run_python("""
         import torch

@@ -187,6 +187,7 @@ def test_inspect_rejects_a_method_that_is_not_ours(tiny_family, tmp_path):
     assert "merge_method 'task_arithmetic' is not one of this package's methods" in result.output
 
 
+@pytest.mark.slow
 def test_dare_masks_are_the_merges_given_its_random_seed(tiny_family, tmp_path):
     """Disjoint masks: the merge moves exactly the positions the masks keep, no more."""
     base, models = tiny_family

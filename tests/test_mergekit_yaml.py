@@ -2,13 +2,15 @@
 
 import pytest
 import torch
-import yaml
 
 import reference
 from conftest import run_mergekit_yaml, write_config
 from mergekit_cabs.kernels import random_scores, tensor_seed
 from mergekit_cabs.methods import METHOD_TABLE
 from mergekit_cabs.tiny_models import load_state
+
+# Subprocess merges: the full suite only (`-m "not slow"` skips them).
+pytestmark = pytest.mark.slow
 
 SEED = 1234
 WEIGHTS = [1.2, 0.9, 1.1]

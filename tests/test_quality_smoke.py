@@ -1,9 +1,10 @@
 """Plumbing of benchmarks/quality on a tiny BertModel and synthetic tasks (not the real run).
 
-Fine-tune two tasks, merge with `cabs` through `mergekit-multi` at scale 1 and again through
-plain `mergekit-yaml` at the chosen scale, and check the record the report is built from.
-Two merge processes only, to stay fast; tests/test_bert_merge.py covers MergeKit's own
-methods on BERT.
+Light regime: fine-tune two tasks, merge with `cabs` through `mergekit-multi` at scale 1 and
+again through plain `mergekit-yaml` at the chosen scale, and check the record the report is
+built from. Shared-ancestry regime: ancestor, descendants, merges against the base and the
+ancestor, `mergekit-cabs inspect`, the order study and every report stage. Few merge
+processes, to stay fast; tests/test_bert_merge.py covers MergeKit's own methods on BERT.
 """
 
 import sys
@@ -15,9 +16,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality"))
 
 from merging import MethodRun  # noqa: E402
-from pipeline import SeedSettings, run_seed  # noqa: E402
-from report import aggregate, markdown  # noqa: E402
+from pipeline import AncestrySettings, SeedSettings, candidate_orders, equal_kept_runs, run_seed  # noqa: E402
+from report import aggregate, ca_gains, comparisons, markdown  # noqa: E402
+from tasks import SplitSizes, fit_sizes  # noqa: E402
 from training import EncodedTask, TrainSettings, encode_split  # noqa: E402
+
+# Merges and training runs: the full suite only (`-m "not slow"` skips them).
+pytestmark = pytest.mark.slow
 
 VOCAB = 64
 
@@ -57,18 +62,73 @@ def test_one_seed_end_to_end(tiny_bert, tmp_path):
     runs = [MethodRun("cabs", 0.25, 16)]
     settings = SeedSettings(train=TrainSettings(epochs=1, batch_size=8, body_lr=1e-3),
                             densities=(0.25,), block_size=16, initial_exponents=(0, 1),
-                            orders=False)
-    record = run_seed(tiny_bert, tasks, settings, seed=0, workdir=tmp_path, runs=runs, log=lambda _: None)
+                            orders=False, inspect=False)
+    arms = run_seed(tiny_bert, tasks, settings, seed=0, workdir=tmp_path, runs=runs, log=lambda _: None)
 
+    (record,) = arms.values()
     cabs = record["methods"]["cabs@0.25"]
     assert cabs["rescale_max_abs_diff"] < 1e-5  # base + s * D is what mergekit-yaml writes at s
     scales = sorted(float(s) for s in cabs["val_curve"])
     assert scales[0] < cabs["scale"] < scales[-1]  # the best is interior
     assert set(cabs["test"]) == {"alpha", "beta"}
+    assert len(cabs["test_correct"]["alpha"]) == 8  # one bit per test sentence
     kinds = {"magnitude_linear@0.25", "nm_linear@0.25", "cabs@0.25"}
     assert set(record["overlap"]) == kinds | {k + " (encoder layers)" for k in kinds}
     assert record["overlap"]["cabs@0.25"] == 0.0  # 2 x 0.25 <= 1: CA masks are disjoint
     assert record["overlap"]["magnitude_linear@0.25"] > 0.0
+    assert record["train"]["steps"] == {"alpha": 4, "beta": 4}  # 32 sentences, batch 8, 1 epoch
     summary = aggregate([record], ["alpha", "beta"])
-    text = markdown(summary, [record], ["alpha", "beta"], {"preset": "smoke", "order_density": 0.1})
-    assert "| cabs@0.25 |" in text and "| base body + task heads |" in text
+    text = markdown({"light": {**summary, "comparisons": comparisons([record])}}, {"light": [record]},
+                    {"light": ["alpha", "beta"]}, [], {"preset": "smoke", "order_density": 0.1})
+    assert "| cabs@0.25 |" in text and "| merge base + task heads |" in text
+
+
+@pytest.mark.slow  # ~7 MergeKit processes: about 1-2 minutes on 2 shared cores
+def test_ancestry_regime_end_to_end(tiny_bert, tmp_path):
+    tasks = [synthetic_task("alpha", 7, 1), synthetic_task("beta", 11, 2)]
+    runs = [MethodRun("nm_linear", 0.25, 16), MethodRun("cabs", 0.25, 16)]
+    train = TrainSettings(epochs=1, batch_size=8, body_lr=1e-3)
+    settings = SeedSettings(train=train, densities=(0.25,), block_size=16, initial_exponents=(0, 1),
+                            verify=lambda run: False, order_density=0.25,
+                            ancestry=AncestrySettings(descendants=(("near", train),)))
+    arms = run_seed(tiny_bert, tasks, settings, seed=0, workdir=tmp_path, runs=runs, name="ancestry",
+                    log=lambda _: None)
+
+    assert set(arms) == {"ancestry near, vs base", "ancestry near, vs ancestor"}
+    vs_base, vs_ancestor = arms["ancestry near, vs base"], arms["ancestry near, vs ancestor"]
+    assert vs_base["ancestor_alone"] == vs_ancestor["ancestor_alone"]
+    # The same descendants: larger task vectors against the base than against the ancestor.
+    assert all(vs_base["task_vector_norms"][t] > vs_ancestor["task_vector_norms"][t] for t in ("alpha", "beta"))
+    inspected = vs_base["inspect"]["cabs@0.25"]
+    assert inspected["overlap"]["method"] == 0.0 and inspected["overlap"]["magnitude"] > 0.0
+    assert len(inspected["kept_share"]["method"]) == 2 and len(inspected["lost_to_ca"]) == 2
+    assert sum("orders" in a for a in arms.values()) == 1  # in the arm with the largest overlap
+    gains = ca_gains({label: [arm] for label, arm in arms.items()})
+    assert {g["arm"] for g in gains} == set(arms) and {g["pair"] for g in gains} == {"cabs - nm_linear"}
+    summaries = {label: {**aggregate([arm], ["alpha", "beta"]), "comparisons": comparisons([arm])}
+                 for label, arm in arms.items()}
+    assert "ancestor alone" in summaries["ancestry near, vs base"]["comparisons"]["cabs@0.25"]
+    text = markdown(summaries, {label: [arm] for label, arm in arms.items()},
+                    {label: ["alpha", "beta"] for label in arms}, gains, {"preset": "smoke", "order_density": 0.25})
+    assert "ancestor alone (mixture fine-tune, its own heads)" in text and "largest norm first" in text
+
+
+def test_orders_always_include_the_norm_rule_and_the_yaml_order():
+    settings = SeedSettings(train=TrainSettings(epochs=1), densities=(0.1,), block_size=32, max_orders=4)
+    orders = candidate_orders(6, [1.0, 5.0, 2.0, 3.0, 0.5, 4.0], settings, seed=0)
+    named = {rule: order for order, rules in orders.items() for rule in rules}
+    assert named["largest norm first"] == (1, 5, 3, 2, 0, 4)
+    assert named["yaml order"] == (0, 1, 2, 3, 4, 5)
+    assert len(orders) <= 4 + 3
+
+
+def test_equal_kept_density_scales_n_by_the_kept_share_ratio():
+    inspected = {"cabs@0.1": {"kept_share": {"method": [0.05, 0.05], "magnitude": [0.09, 0.09]}}}
+    (run,) = equal_kept_runs(["cabs", "nm_linear"], inspected, 0.1, 32)
+    assert (run.method, run.density) == ("cabs", 6 / 32)  # round(3.2 * 0.09 / 0.05) = 6
+
+
+def test_a_small_task_keeps_validation_and_shares_the_rest():
+    assert fit_sizes(SplitSizes(2000, 200, 1000), 1114) == SplitSizes(train=457, val=200, test=457)
+    assert fit_sizes(SplitSizes(512, 96, 256), 1114) == SplitSizes(512, 96, 256)
+    assert fit_sizes(SplitSizes(512, 96, 1000), 1114) == SplitSizes(train=509, val=96, test=509)

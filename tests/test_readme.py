@@ -35,3 +35,8 @@ def test_readme_cites_the_paper_as_the_model_card_does():
     from mergekit_cabs.card import CABS_PAPER
 
     assert CABS_PAPER.bibtex in README
+
+
+def test_ci_lints_with_ruff():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "\nruff check .\n" in ci

@@ -22,6 +22,7 @@ def merged_bytes(tmp_path, name, method, tiny_family, *flags, env=None, params=P
     return hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_cabs_gives_the_same_bytes_twice_and_on_one_thread(tiny_family, tmp_path):
     shared = {"block_size": 16}
     first = merged_bytes(tmp_path, "a", "cabs_ties", tiny_family, shared=shared)
@@ -30,6 +31,7 @@ def test_cabs_gives_the_same_bytes_twice_and_on_one_thread(tiny_family, tmp_path
                         shared=shared) == first
 
 
+@pytest.mark.slow
 def test_dare_variant_is_reproducible_by_random_seed_at_any_thread_count(tiny_family, tmp_path):
     seeded = ("--random-seed", "7")
     first = merged_bytes(tmp_path, "a", "ca_dare_ties", tiny_family, *seeded)
@@ -63,6 +65,7 @@ BUILT_INS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(BUILT_INS))
 def test_builtin_method_gives_the_same_bytes_with_and_without_the_plugin(method, tiny_family, tmp_path):
     params, shared, flags = BUILT_INS[method]

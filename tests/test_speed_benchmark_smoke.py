@@ -2,8 +2,16 @@
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+
+# Benchmark runs: the full suite only (`-m "not slow"` skips them).
+pytestmark = pytest.mark.slow
 
 SPEED = Path(__file__).parents[1] / "benchmarks" / "speed"
 
@@ -19,22 +27,47 @@ def load(name):
 
 def test_speed_benchmark_runs_mergekit_yaml_and_writes_results(tmp_path):
     out = tmp_path / "out"
-    load("run").main(["--small", "--layers", "2", "--repeats", "1", "--skip-startup",
-                      "--methods", "task_arithmetic,cabs@64", "--work", str(tmp_path / "work"), "--out", str(out)])
+    load("run").main(["--small", "--layers", "2", "--repeats", "1", "--focus-repeats", "1", "--skip-startup",
+                      "--methods", "task_arithmetic,cabs:torch",
+                      "--work", str(tmp_path / "work"), "--out", str(out)])
     result = json.loads((out / "results.json").read_text())
-    assert list(result["rows"]) == ["io_floor", "task_arithmetic", "cabs@64"]
-    assert result["rows"]["task_arithmetic"]["vs_task_arithmetic"] == 1.0
-    assert result["rows"]["io_floor"]["vs_io_floor"] == 1.0
-    for row in result["rows"].values():
-        assert row["median_wall_s"] > 0 and row["peak_rss_mib"] > 0 and row["runs"] == 1
-    merges = [r for r in result["runs"] if r["variant"] != "io_floor"]
-    assert all(r["output_bytes"] >= 2 * result["inputs"]["params_per_model"] for r in merges)
-    targets = {check["target"] for check in result["targets"]}
-    assert "cabs@64 <= 1.25x task_arithmetic wall" in targets
-    assert "cabs@64 peak RSS <= 1.1x task_arithmetic" in targets
+    seven_b, large_vocab = result["families"]
+    assert large_vocab["inputs"]["dims"]["vocab"] > seven_b["inputs"]["dims"]["vocab"]
+    for family in (seven_b, large_vocab):
+        rows = family["rows"]
+        assert list(rows) == ["io_floor", "task_arithmetic", "cabs@64:torch"]
+        assert rows["task_arithmetic"]["vs_task_arithmetic"] == 1.0
+        assert rows["io_floor"]["vs_io_floor"] == 1.0
+        for row in rows.values():
+            assert row["median_wall_s"] > 0 and row["peak_rss_mib"] > 0
+        merges = [r for r in family["runs"] if r["variant"] != "io_floor"]
+        assert all(r["output_bytes"] >= 2 * family["inputs"]["params_per_model"] for r in merges)
+        assert all(0 < share < 1 for share in family["inputs"]["zero_share"])
+        targets = {check["target"] for check in family["targets"]}
+        assert "cabs@64:torch <= 1.1x task_arithmetic wall" in targets
+        assert "cabs@64:torch peak RSS <= 1.1x task_arithmetic" in targets
     assert result["machine"]["mergekit_threads"] >= 1 and result["machine"]["mergekit"]
-    assert "| `cabs@64` |" in (out / "results.md").read_text()
-    assert (out / "results.png").stat().st_size > 0
+    report = (out / "results.md").read_text()
+    assert "| `cabs@64:torch` |" in report and "## Llama-3-shaped" in report
+    assert (out / "results-7b.png").stat().st_size > 0
+
+
+def test_speed_benchmark_repeats_focus_rows_of_the_first_family_only():
+    run = load("run")
+    args = run.parse_args(["--small", "--layers", "1", "--repeats", "1", "--focus-repeats", "3"])
+    seven_b, large_vocab = run.families(args)
+    assert seven_b.runs_of("cabs@64", 1) == 3 and seven_b.runs_of("nm_ties@64", 1) == 1
+    assert large_vocab.runs_of("cabs@64", 1) == 1
+    assert "ties" in seven_b.variants and "ties" not in large_vocab.variants
+    assert "ca_magnitude_linear:torch" in large_vocab.variants
+
+
+def test_speed_benchmark_forces_the_torch_path_only_on_torch_rows():
+    run = load("run")
+    assert run.expand_methods("cabs,nm_ties@256,cabs:torch") == ["cabs@64", "nm_ties@256", "cabs@64:torch"]
+    assert run.variant_env("cabs@64:torch", {})[run.TORCH_KERNELS_ENV] == "1"
+    assert run.TORCH_KERNELS_ENV not in run.variant_env("cabs@64", {})
+    assert run.method_config("cabs@64:torch", run.Checkpoints("b", ["f"], 1, 1, 2, [0.4]))["merge_method"] == "cabs"
 
 
 def test_kernel_benchmark_reports_every_kernel(tmp_path):
@@ -56,3 +89,16 @@ def test_profile_reports_the_kernel_among_a_merges_costliest_functions(tmp_path,
     report = (tmp_path / "profile.md").read_text()
     assert "## `cabs@64`:" in report
     assert report.count("\n| `") == 12  # the TOP rows of the one method
+
+
+def test_gpu_check_without_an_output_folder_prints_its_usage(tmp_path):
+    check = subprocess.run(["bash", str(SPEED / "gpu_check.sh")], capture_output=True, text=True)
+    assert check.returncode == 64 and "usage:" in check.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a CUDA device")
+def test_gpu_check_without_cuda_says_so_and_runs_nothing(tmp_path):
+    check = subprocess.run(["bash", str(SPEED / "gpu_check.sh"), str(tmp_path / "out")], capture_output=True,
+                           text=True, env={**os.environ, "PYTHON": sys.executable})
+    assert check.returncode == 69 and "no CUDA device" in check.stderr
+    assert not (tmp_path / "out").exists()

@@ -18,6 +18,8 @@ run together in one ``mergekit-multi`` process (MergeKit's own multi-merge comma
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import os
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from mergekit_cabs.methods import METHOD_TABLE
 
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
 MERGEKIT_MULTI = str(Path(sys.executable).with_name("mergekit-multi"))
+MERGEKIT_CABS = str(Path(sys.executable).with_name("mergekit-cabs"))
 # MergeKit's DARE methods draw their masks from the process-wide generator that
 # --random-seed seeds once per process: inside a batch, their masks would depend on the
 # merges before them. They get a process each. Our DARE variants seed a generator per
@@ -43,20 +46,31 @@ OWN_PROCESS_METHODS = frozenset({"dare_ties", "dare_linear"})
 
 @dataclass(frozen=True)
 class MethodRun:
-    """One row of the benchmark: a merge method at a density (None: dense)."""
+    """One row of the benchmark: a merge method at a density (None: dense).
+
+    ``options`` are extra shared parameters of the YAML (``(("normalize", True),)``), for
+    the decomposition rows; they appear in the label.
+    """
 
     method: str
     density: Optional[float]
     block_size: Optional[int] = None  # only for the n:m methods
+    options: tuple = ()
 
     @property
     def label(self) -> str:
-        return self.method if self.density is None else f"{self.method}@{self.density:g}"
+        name = self.method + "".join(f"[{k}={v}]" for k, v in self.options)
+        return name if self.density is None else f"{name}@{self.density:g}"
+
+    @property
+    def normalized(self) -> bool:
+        # MergeKit's ties normalizes by default (TIES's disjoint mean); ours do not.
+        return dict(self.options).get("normalize", self.method == "ties")
 
     @property
     def scale_key(self) -> str:
-        # MergeKit's ties normalizes by default (TIES's disjoint mean): the weight cancels.
-        return "lambda" if self.method == "ties" else "weight"
+        # A normalized combine divides the (shared) weight out: the scale is lambda.
+        return "lambda" if self.normalized else "weight"
 
 
 MERGEKIT_SPARSE = ("ties", "dare_ties", "dare_linear")
@@ -73,6 +87,18 @@ def method_runs(densities: Sequence[float], block_size: int) -> list[MethodRun]:
     return runs
 
 
+def mask_twin(method: str) -> Optional[str]:
+    """The method of ours with the same masks and a plain sum (a TIES combine keeps the
+    masks), or None for MergeKit's own methods."""
+    recipes = {info.name: info.recipe for info in METHOD_TABLE}
+    recipe = recipes.get(method)
+    if recipe is None:
+        return None
+    return next(name for name, other in recipes.items()
+                if other.sparsifier == recipe.sparsifier and other.conflict_aware == recipe.conflict_aware
+                and other.combine.value != "ties")
+
+
 def merge_config(run: MethodRun, base: str, models: Sequence[str], scale: float) -> dict:
     """The YAML a user would write: each model at ``density``, the scale as weight or lambda."""
     per_model = {"weight": scale if run.scale_key == "weight" else 1.0}
@@ -84,7 +110,7 @@ def merge_config(run: MethodRun, base: str, models: Sequence[str], scale: float)
         "models": [{"model": m, "parameters": dict(per_model)} for m in models],
         "dtype": "float32",
     }
-    shared = {}
+    shared = dict(run.options)
     if run.scale_key == "lambda":
         shared["lambda"] = scale
     if run.block_size is not None:
@@ -128,6 +154,34 @@ def run_mergekit_multi(configs: dict[str, dict], workdir: Path, seed: int) -> di
     _run([MERGEKIT_MULTI, str(config_path), "--intermediate-dir", str(out), "--no-lazy",
           "--no-copy-tokenizer", "--random-seed", str(seed)], config_path)
     return {name: out / names[name] for name in configs}
+
+
+def inspect_masks(config: dict, workdir: Path, seed: int) -> dict:
+    """Overall mask statistics of a config of ours, from ``mergekit-cabs inspect``.
+
+    Returns, per task in merge order: kept share and kept-energy share of the method's masks
+    and of per-tensor magnitude masks at the same density, the energy lost to CA (CA
+    methods), and the pooled overlap (intersection / union over all task pairs) of both.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    _run([MERGEKIT_CABS, "inspect", str(config_path), "--out", str(workdir), "--quiet",
+          "--random-seed", str(seed)], config_path)
+    overall = json.loads((workdir / "report.json").read_text())["overall"]
+    return {
+        "overlap": {kind: overall["overlap"][kind]["all_pairs"] for kind in ("method", "magnitude")},
+        "kept_share": overall["kept_share"],
+        "kept_energy": overall["kept_energy"],
+        "lost_to_ca": overall.get("lost_to_ca"),
+    }
+
+
+def task_vector_norms(base: dict, tuned: Sequence[dict]) -> list[float]:
+    """``||tau_i||_2`` over every floating tensor, per task."""
+    return [math.sqrt(sum(float((t[k].double() - v.double()).square().sum())
+                          for k, v in base.items() if v.is_floating_point()))
+            for t in tuned]
 
 
 def load_body_state(path: Path) -> dict[str, torch.Tensor]:

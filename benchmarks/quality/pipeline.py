@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,6 +21,8 @@ from merging import (
     OWN_PROCESS_METHODS,
     MethodRun,
     load_body_state,
+    inspect_masks,
+    mask_twin,
     max_abs_difference,
     merge_config,
     merged_delta,
@@ -27,25 +30,42 @@ from merging import (
     run_mergekit_multi,
     run_mergekit_yaml,
     scaled_state,
+    task_vector_norms,
 )
-from training import EncodedTask, TrainSettings, evaluate_body, fine_tune, load_head, save_head
+from training import EncodedTask, TrainSettings, evaluate_body, fine_tune, load_head, save_head, steps_of
 
 # Scale grid: powers of two, widened automatically until the best is interior.
 SCALE_EXPONENT_LIMITS = (-6, 6)
 
 
 @dataclass(frozen=True)
+class AncestrySettings:
+    """The shared-ancestry regime: the base fine-tuned on the task mixture (with the seed's
+    ``train`` settings) is the ancestor, and each task's model is a copy of the ancestor
+    fine-tuned further on that task."""
+
+    # name -> descendant fine-tune; the names say how far the descendants move.
+    descendants: tuple[tuple[str, TrainSettings], ...]
+
+
+@dataclass(frozen=True)
 class SeedSettings:
     """What one seed runs; the presets live in run.py."""
 
-    train: TrainSettings
+    train: TrainSettings  # from the base; with ``ancestry``, the mixture that makes the ancestor
     densities: tuple[float, ...]
     block_size: int
     initial_exponents: tuple[int, ...] = (-1, 0, 1, 2)
     refine: bool = False  # also try 2**(k +- 1/2) around the best power of two
     verify: Callable[[MethodRun], bool] = lambda run: True  # re-merge at the chosen scale?
-    orders: bool = True  # CABS under every pruning order
+    orders: bool = True  # CABS under several pruning orders (the arm with the largest overlap)
     order_density: float = 0.1
+    max_orders: int = 24  # all orders up to this many, else a seeded sample plus the rule's
+    inspect: bool = True  # kept shares and overlaps of our methods with `mergekit-cabs inspect`
+    # Methods also run at the density that keeps as many entries as magnitude masks do at
+    # order_density (measured by inspect): the equal-kept-count comparison.
+    equal_kept: tuple[str, ...] = ()
+    ancestry: Optional[AncestrySettings] = None
 
 
 class Timer:
@@ -72,15 +92,19 @@ class SeedContext:
     heads: dict
     timer: Timer = field(default_factory=Timer)
 
-    def evaluate_state(self, state: dict, split: str) -> dict[str, float]:
+    def evaluate_state(self, state: dict, split: str) -> dict[str, torch.Tensor]:
+        """Per-sentence correctness of the body ``state`` on each task's ``split``."""
         start = time.perf_counter()
         missing, unexpected = self.body.load_state_dict(state, strict=False)
         # Only non-persistent buffers (position_ids) may be absent from a checkpoint.
         if unexpected or any(not k.endswith("position_ids") for k in missing):
             raise RuntimeError(f"state mismatch: missing {missing}, unexpected {unexpected}")
-        scores = evaluate_body(self.body, self.tasks, self.heads, split)
+        correct = evaluate_body(self.body, self.tasks, self.heads, split)
         self.timer.add(f"evaluate_{split}", start)
-        return scores
+        return correct
+
+    def validation_mean(self, state: dict) -> float:
+        return mean(accuracies(self.evaluate_state(state, "val")).values())
 
     def config(self, run: MethodRun, scale: float, models: Optional[Sequence[str]] = None) -> dict:
         return merge_config(run, self.base_path, models or self.model_paths, scale)
@@ -102,6 +126,13 @@ class SeedContext:
         self.timer.add("merge", start)
         return {n: outputs[n] for n in configs}
 
+    def inspect(self, run: MethodRun, name: str) -> dict:
+        """``mergekit-cabs inspect`` of the run's config at scale 1 (masks ignore the scale)."""
+        start = time.perf_counter()
+        result = inspect_masks(self.config(run, 1.0), self.workdir / "inspect" / name, self.seed)
+        self.timer.add("inspect", start)
+        return result
+
     def take(self, output: Path) -> dict:
         """The merged state in ``output``; the folder is deleted."""
         state = load_body_state(output)
@@ -114,18 +145,43 @@ def mean(values) -> float:
     return sum(values) / len(values)
 
 
-def fine_tune_all(base_body, tasks, settings: TrainSettings, seed: int, workdir: Path):
-    """Fine-tune a copy of the base per task; save bodies (safetensors) and heads."""
+def accuracies(correct: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {t: float(c.float().mean()) for t, c in correct.items()}
+
+
+def score_row(correct: dict[str, torch.Tensor], individual: Optional[dict] = None) -> dict:
+    """Accuracy per task, its mean, the per-sentence bits (for the paired statistics) and,
+    given each task's own accuracy, the normalized mean."""
+    test = accuracies(correct)
+    row = {"test": test, "mean": mean(test.values()),
+           "test_correct": {t: "".join("1" if v else "0" for v in c.tolist()) for t, c in correct.items()}}
+    if individual is not None:
+        row["normalized"] = normalized_mean(test, individual)
+    return row
+
+
+def fine_tune_all(start_body, tasks, settings: TrainSettings, seed: int, workdir: Path,
+                  start_heads: Optional[dict] = None):
+    """Fine-tune a copy of ``start_body`` per task; save bodies (safetensors) and heads.
+
+    ``start_heads``: each task continues from its head there (descendants of an ancestor).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
     paths, heads = [], {}
     for index, task in enumerate(tasks):
-        body = copy.deepcopy(base_body)
-        head = fine_tune(body, task, settings, seed=seed * 1000 + index)
+        body = copy.deepcopy(start_body)
+        (head,) = fine_tune(body, [task], settings, seed=seed * 1000 + index, heads=start_heads).values()
         path = workdir / f"finetuned_{task.name}"
         body.save_pretrained(path, safe_serialization=True)
         save_head(head, workdir / f"head_{task.name}.pt")
         heads[task.name] = load_head(workdir / f"head_{task.name}.pt")
         paths.append(str(path.resolve()))
     return paths, heads
+
+
+def training_record(settings: TrainSettings, tasks) -> dict:
+    """Learning rates, epochs and optimizer steps of one fine-tune per task."""
+    return {**asdict(settings), "steps": {t.name: steps_of(settings, len(t.train.input_ids)) for t in tasks}}
 
 
 def choose_scale(score: Callable[[float], float], settings: SeedSettings) -> tuple[float, dict]:
@@ -173,78 +229,209 @@ def run_method(ctx: SeedContext, run: MethodRun, unit_merge: Path, settings: See
                individual: dict) -> dict:
     """Search the scale on validation from the merge at scale 1, score the chosen scale on test."""
     delta = merged_delta(ctx.take(unit_merge), ctx.base_state)
-    scale, curve = choose_scale(
-        lambda s: mean(ctx.evaluate_state(scaled_state(ctx.base_state, delta, s), "val").values()),
-        settings,
-    )
+    scale, curve = choose_scale(lambda s: ctx.validation_mean(scaled_state(ctx.base_state, delta, s)), settings)
     rescaled = scaled_state(ctx.base_state, delta, scale)
     record = {"method": run.method, "density": run.density, "block_size": run.block_size,
-              "scale_key": run.scale_key, "scale": scale,
+              "options": dict(run.options), "scale_key": run.scale_key, "scale": scale,
               "val_curve": {f"{s:.6g}": v for s, v in sorted(curve.items())}}
     if settings.verify(run):
         (output,) = ctx.merge({run.label: ctx.config(run, scale)}, batch=False).values()
         merged = ctx.take(output)
         record["rescale_max_abs_diff"] = max_abs_difference(merged, rescaled)
         rescaled = merged  # score exactly what mergekit-yaml wrote at the chosen scale
-    record["test"] = ctx.evaluate_state(rescaled, "test")
-    record["mean"] = mean(record["test"].values())
-    record["normalized"] = normalized_mean(record["test"], individual)
+    record.update(score_row(ctx.evaluate_state(rescaled, "test"), individual))
     return record
 
 
-def run_orders(ctx: SeedContext, scale: float, settings: SeedSettings) -> list[dict]:
-    """CABS with the models listed (hence pruned) in every order, at the chosen scale."""
-    run = MethodRun("cabs", settings.order_density, settings.block_size)
-    names = [t.name for t in ctx.tasks]
-    orders = list(itertools.permutations(range(len(names))))
-    outputs = ctx.merge({
-        "order-" + "".join(map(str, order)): ctx.config(run, scale, [ctx.model_paths[i] for i in order])
-        for order in orders
-    })
-    rows = []
-    for order, output in zip(orders, outputs.values()):
-        scores = ctx.evaluate_state(ctx.take(output), "test")
-        rows.append({"order": [names[i] for i in order], "test": scores, "mean": mean(scores.values())})
+def run_methods(ctx: SeedContext, runs: Sequence[MethodRun], settings: SeedSettings, individual: dict,
+                log: Callable[[str], None]) -> dict:
+    """Every run merged at scale 1 (one batch), then its scale search and test scores."""
+    unit_merges = ctx.merge({run.label: ctx.config(run, 1.0) for run in runs})
+    rows = {}
+    for run in runs:
+        rows[run.label] = row = run_method(ctx, run, unit_merges[run.label], settings, individual)
+        log(f"seed {ctx.seed}: {run.label:34s} scale {row['scale']:.3g}  test mean {row['mean']:.4f}")
     return rows
 
 
+def inspect_runs(ctx: SeedContext, runs: Sequence[MethodRun]) -> dict:
+    """Mask statistics of every run of ours, one inspect per distinct mask.
+
+    A TIES combine keeps the masks of its sum twin (``cabs_ties`` those of ``cabs``), so a
+    run is inspected only when no run with the same masks was; ``magnitude_linear``'s masks
+    are the per-tensor magnitude masks every inspect reports next to the method's.
+    """
+    out, seen = {}, {}
+    for run in runs:
+        twin = mask_twin(run.method)
+        if twin is None or twin == "magnitude_linear":
+            continue  # MergeKit's own methods: inspect takes configs of ours
+        key = (twin, run.density, run.block_size)
+        if key not in seen:
+            seen[key] = ctx.inspect(MethodRun(twin, run.density, run.block_size), f"{twin}@{run.density:g}")
+        out[run.label] = seen[key]
+    for run in runs:
+        if mask_twin(run.method) == "magnitude_linear":
+            other = next((stats for (_, density, _), stats in seen.items() if density == run.density), None)
+            if other is not None:
+                out[run.label] = magnitude_statistics(other)
+    return out
+
+
+def magnitude_statistics(inspected: dict) -> dict:
+    """The statistics of per-tensor magnitude masks, from any inspect at the same density."""
+    out = {key: {"method": inspected[key]["magnitude"], "magnitude": inspected[key]["magnitude"]}
+           for key in ("overlap", "kept_share", "kept_energy")}
+    return {**out, "lost_to_ca": None}
+
+
+def equal_kept_runs(methods: Sequence[str], inspected: dict, density: float, block_size: int) -> list[MethodRun]:
+    """Each method at the n:m density whose kept count matches magnitude masks' at ``density``.
+
+    Exact zeros are never kept, so an n:m mask keeps less than its nominal density where
+    task vectors have all-zero blocks; scaling n by the measured ratio of kept shares
+    compares the methods at equal kept counts.
+    """
+    runs = []
+    for method in methods:
+        stats = inspected.get(MethodRun(method, density, block_size).label)
+        if stats is None:
+            continue
+        ratio = mean(stats["kept_share"]["magnitude"]) / mean(stats["kept_share"]["method"])
+        n = min(block_size, max(1, round(density * block_size * ratio)))
+        if n != round(density * block_size):
+            runs.append(MethodRun(method, n / block_size, block_size))
+    return runs
+
+
+def candidate_orders(n_tasks: int, norms: Sequence[float], settings: SeedSettings, seed: int) -> dict:
+    """Pruning orders to try, named by how they were chosen.
+
+    Every order when there are at most ``max_orders``; else a seeded sample. The YAML order
+    and the rule "largest task-vector norm first" (and its reverse) are always included.
+    """
+    by_norm = tuple(sorted(range(n_tasks), key=lambda i: -norms[i]))
+    named = {"yaml order": tuple(range(n_tasks)), "largest norm first": by_norm,
+             "smallest norm first": tuple(reversed(by_norm))}
+    all_orders = itertools.permutations(range(n_tasks))
+    if math.factorial(n_tasks) <= settings.max_orders:
+        others = list(all_orders)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        others = [tuple(torch.randperm(n_tasks, generator=generator).tolist()) for _ in range(settings.max_orders)]
+    orders = {order: [] for order in others}
+    for name, order in named.items():
+        orders.setdefault(order, []).append(name)
+    return orders
+
+
+def run_orders(ctx: SeedContext, scale: float, norms: Sequence[float], settings: SeedSettings) -> list[dict]:
+    """CABS with the models listed (hence pruned) in several orders, at the chosen scale."""
+    run = MethodRun("cabs", settings.order_density, settings.block_size)
+    names = [t.name for t in ctx.tasks]
+    orders = candidate_orders(len(names), norms, settings, ctx.seed)
+    outputs = ctx.merge({
+        "order-" + "-".join(map(str, order)): ctx.config(run, scale, [ctx.model_paths[i] for i in order])
+        for order in orders
+    })
+    rows = []
+    for (order, rules), output in zip(orders.items(), outputs.values()):
+        row = score_row(ctx.evaluate_state(ctx.take(output), "test"))
+        rows.append({"order": [names[i] for i in order], "rules": rules, **row})
+    return rows
+
+
+def run_arm(ctx: SeedContext, runs: Sequence[MethodRun], settings: SeedSettings, tuned_states: Sequence[dict],
+            finetuned: dict, log: Callable[[str], None]) -> dict:
+    """One set of fine-tuned models merged against one base: every method, masks, norms."""
+    individual_correct = {t.name: finetuned[t.name][t.name] for t in ctx.tasks}
+    individual = accuracies(individual_correct)
+    record = {
+        "seed": ctx.seed,
+        "finetuned": {name: accuracies(correct) for name, correct in finetuned.items()},
+        "individual": score_row(individual_correct),
+        "base_with_heads": score_row(ctx.evaluate_state(ctx.base_state, "test"), individual),
+        "task_vector_norms": dict(zip([t.name for t in ctx.tasks], task_vector_norms(ctx.base_state, tuned_states))),
+    }
+    record["methods"] = run_methods(ctx, runs, settings, individual, log)
+    start = time.perf_counter()
+    record["overlap"] = overlap_rates(ctx.base_state, tuned_states, settings.densities, settings.block_size)
+    ctx.timer.add("overlap", start)
+    if settings.inspect:
+        record["inspect"] = inspect_runs(ctx, runs)
+        extra = equal_kept_runs(settings.equal_kept, record["inspect"], settings.order_density, settings.block_size)
+        if extra:
+            record["methods"].update(run_methods(ctx, extra, settings, individual, log))
+            record["inspect"].update(inspect_runs(ctx, extra))
+            record["equal_kept"] = {run.label: f"magnitude masks @{settings.order_density:g}" for run in extra}
+    return record
+
+
+def finetuned_scores(ctx: SeedContext, tuned_states: Sequence[dict]) -> dict:
+    """Each fine-tuned model on every task (with the tasks' heads), per sentence."""
+    return {t.name: ctx.evaluate_state(s, "test") for t, s in zip(ctx.tasks, tuned_states)}
+
+
 def run_seed(base_body, tasks: Sequence[EncodedTask], settings: SeedSettings, seed: int,
-             workdir: Path, runs: Sequence[MethodRun], log: Callable[[str], None] = print) -> dict:
-    """Everything for one seed; returns its JSON-able record."""
+             workdir: Path, runs: Sequence[MethodRun], name: str = "light",
+             log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Everything for one seed; returns its JSON-able record per arm (name -> record).
+
+    An arm is one set of fine-tuned models merged against one base: one arm ``name``, or
+    in the shared-ancestry regime one per descendant setting and merge base (the original
+    base, as LLM merges do, and the ancestor).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    timer = Timer()
     seed_start = start = time.perf_counter()
     base_path = workdir / "base"
     base_body.save_pretrained(base_path, safe_serialization=True)
-    model_paths, heads = fine_tune_all(base_body, tasks, settings.train, seed, workdir)
-    timer.add("fine_tune", start)
-    log(f"seed {seed}: fine-tuned {len(tasks)} tasks in {timer.totals['fine_tune']:.0f}s")
-    ctx = SeedContext(seed, workdir, tasks, str(base_path.resolve()), model_paths,
-                      load_body_state(base_path), copy.deepcopy(base_body), heads, timer)
+    base = (str(base_path.resolve()), load_body_state(base_path))
+    arms, contexts = {}, {}
 
-    tuned_states = [load_body_state(p) for p in model_paths]
-    finetuned = {t.name: ctx.evaluate_state(s, "test") for t, s in zip(tasks, tuned_states)}
-    individual = {t.name: finetuned[t.name][t.name] for t in tasks}
-    base_scores = ctx.evaluate_state(ctx.base_state, "test")
-    record = {
-        "seed": seed,
-        "finetuned": finetuned,
-        "individual": {"test": individual, "mean": mean(individual.values())},
-        "base_with_heads": {"test": base_scores, "mean": mean(base_scores.values()),
-                            "normalized": normalized_mean(base_scores, individual)},
-        "methods": {},
-    }
-    unit_merges = ctx.merge({run.label: ctx.config(run, 1.0) for run in runs})
-    for run in runs:
-        row = run_method(ctx, run, unit_merges[run.label], settings, individual)
-        record["methods"][run.label] = row
-        log(f"seed {seed}: {run.label:28s} scale {row['scale']:.3g}  test mean {row['mean']:.4f}")
-    start = time.perf_counter()
-    record["overlap"] = overlap_rates(ctx.base_state, tuned_states, settings.densities, settings.block_size)
-    timer.add("overlap", start)
-    cabs_label = MethodRun("cabs", settings.order_density).label
-    if settings.orders and cabs_label in record["methods"]:
-        record["orders"] = run_orders(ctx, record["methods"][cabs_label]["scale"], settings)
-    record["seconds"] = {k: round(v, 1) for k, v in timer.totals.items()}
-    record["seconds"]["total"] = round(time.perf_counter() - seed_start, 1)
-    return record
+    def add_arms(start_body, start_heads, train: TrainSettings, sub: Path, merge_bases: dict, arm: str, extra: dict):
+        """Fine-tune every task from ``start_body``; one arm per merge base."""
+        tune_start = time.perf_counter()
+        paths, heads = fine_tune_all(start_body, tasks, train, seed, workdir / sub, start_heads)
+        tuned_states = [load_body_state(p) for p in paths]
+        tune_seconds = time.perf_counter() - tune_start
+        log(f"seed {seed}: fine-tuned {len(tasks)} tasks ({arm}) in {tune_seconds:.0f}s")
+        finetuned = None
+        for base_name, (path, state) in merge_bases.items():
+            label = arm if len(merge_bases) == 1 else f"{arm}, vs {base_name}"
+            ctx = SeedContext(seed, workdir / sub / f"vs_{base_name}", tasks, path, paths, state,
+                              copy.deepcopy(base_body), heads, Timer())
+            if finetuned is None:  # the models and their scores are shared by the merge bases
+                ctx.timer.totals["fine_tune"] = tune_seconds
+                finetuned = finetuned_scores(ctx, tuned_states)
+            arms[label] = {**run_arm(ctx, runs, settings, tuned_states, finetuned, log),
+                           "train": training_record(train, tasks), **extra}
+            contexts[label] = ctx
+
+    if settings.ancestry is None:
+        add_arms(base_body, None, settings.train, Path("."), {"base": base}, name, {})
+    else:
+        ancestor = copy.deepcopy(base_body)
+        ancestor_heads = fine_tune(ancestor, tasks, settings.train, seed=seed * 1000 + 999)
+        ancestor.save_pretrained(workdir / "ancestor", safe_serialization=True)
+        ancestor_state = load_body_state(workdir / "ancestor")
+        probe = SeedContext(seed, workdir, tasks, base[0], [], base[1], copy.deepcopy(base_body), ancestor_heads)
+        alone = {"ancestor_alone": score_row(probe.evaluate_state(ancestor_state, "test")),
+                 "ancestor_train": {**training_record(settings.train, tasks),
+                                    "seconds": round(time.perf_counter() - start, 1)}}
+        log(f"seed {seed}: ancestor (mixture of {len(tasks)} tasks) in {alone['ancestor_train']['seconds']:.0f}s, "
+            f"test mean {alone['ancestor_alone']['mean']:.4f}")
+        bases = {"base": base, "ancestor": (str((workdir / "ancestor").resolve()), ancestor_state)}
+        for descendant, train in settings.ancestry.descendants:
+            add_arms(ancestor, ancestor_heads, train, Path(descendant), bases, f"{name} {descendant}", alone)
+    if settings.orders:
+        # The order study belongs where CA has the most to resolve: the largest overlap.
+        key = f"magnitude_linear@{settings.densities[0]:g}"
+        label = max(arms, key=lambda a: arms[a]["overlap"][key])
+        cabs = arms[label]["methods"].get(MethodRun("cabs", settings.order_density).label)
+        if cabs is not None:
+            norms = list(arms[label]["task_vector_norms"].values())
+            arms[label]["orders"] = run_orders(contexts[label], cabs["scale"], norms, settings)
+    for label, ctx in contexts.items():
+        arms[label]["seconds"] = {k: round(v, 1) for k, v in ctx.timer.totals.items()}
+    log(f"seed {seed}: done in {time.perf_counter() - seed_start:.0f}s")
+    return arms

