@@ -97,7 +97,7 @@ def comparisons(seeds: Sequence[dict]) -> dict:
     cache = {name: correctness(seeds, row_of) for name, (_, row_of) in refs.items()}
     out = {}
     for label in seeds[0]["methods"]:
-        mine = correctness(seeds, lambda s: s["methods"][label])
+        mine = correctness(seeds, lambda s, label=label: s["methods"][label])
         out[label] = {name: None if ref_label == label else paired_bootstrap(mine, cache[name])
                       for name, (ref_label, _) in refs.items()}
     return out
@@ -117,8 +117,8 @@ def ca_gains(arms: dict) -> list[dict]:
                 on, off = f"{with_ca}@{density:g}", f"{without}@{density:g}"
                 if on not in seeds[0]["methods"] or off not in seeds[0].get("inspect", {}):
                     continue  # a pair not run, or its overlap not measured
-                interval = paired_bootstrap(correctness(seeds, lambda s: s["methods"][on]),
-                                            correctness(seeds, lambda s: s["methods"][off]))
+                interval = paired_bootstrap(correctness(seeds, lambda s, on=on: s["methods"][on]),
+                                            correctness(seeds, lambda s, off=off: s["methods"][off]))
                 for s in seeds:
                     points.append({
                         "arm": arm, "seed": s["seed"], "density": density, "pair": f"{with_ca} - {without}",
