@@ -5,7 +5,7 @@
 Uses the checkpoints ``run.py`` builds (same ``--params`` / ``--layers``, same cache). For each
 method it runs MergeKit's own ``mergekit-yaml`` entry point in this process (so start-up
 imports are left out) and writes the functions with the most own time to ``profile.md``;
-time inside the compiled (numba) kernels is booked to ``_nm_merge`` / ``_magnitude_merge``.
+time inside the compiled (numba) kernels is booked to ``_nm_merge`` / ``_tensor_merge``.
 """
 
 from __future__ import annotations
