@@ -21,7 +21,7 @@ def test_method_table_is_the_one_the_code_registers():
 def test_first_two_commands_are_demo_then_tests():
     demo, tests = bash_blocks(README)[:2]
     assert demo.strip().endswith("mergekit-cabs demo")
-    assert tests.strip().endswith("python -m pytest -q")
+    assert tests.strip().endswith("python -m pytest -q -n auto")
 
 
 def test_ci_runs_the_readme_test_command():
