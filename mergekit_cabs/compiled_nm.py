@@ -325,6 +325,14 @@ def _free_offsets(claims, task, start, length, conflict_aware, free_offset):
 
 
 @njit(cache=True)
+def _tile_key_buffers():
+    """One thread group's scratch for ``_task_tile_keys``: base values, tau and draws
+    (float32), free offsets and keys (uint32), a tile each."""
+    return (np.empty(_TILE, np.float32), np.empty(_TILE, np.float32), np.empty(_TILE, np.float32),
+            np.empty(_TILE, np.uint32), np.empty(_TILE, np.uint32))
+
+
+@njit(cache=True)
 def _task_tile_keys(addresses, bf16, task, start, length, draw_keys, claims, conflict_aware,
                     need_tau, base_vals, tau, draws, free_offset, keys):
     """Keys of ``task`` on one tile (``|tau|`` or its random draws, lifted when free) and,
@@ -373,11 +381,7 @@ def _tensor_merge(addresses, bf16, numel, quotas, draw_keys, scales, weights, la
             high, above = _from_top(histograms.sum(axis=0), quotas[i])
             histograms[:] = 0
             for group in prange(n_groups):
-                base_vals = np.empty(_TILE, np.float32)
-                tau = np.empty(_TILE, np.float32)
-                draws = np.empty(_TILE, np.float32)
-                free_offset = np.empty(_TILE, np.uint32)
-                keys = np.empty(_TILE, np.uint32)
+                base_vals, tau, draws, free_offset, keys = _tile_key_buffers()
                 first, stop = _group_span(group, n_groups, numel)
                 for start in range(first, stop, _TILE):
                     length = min(_TILE, stop - start)
@@ -394,11 +398,7 @@ def _tensor_merge(addresses, bf16, numel, quotas, draw_keys, scales, weights, la
         following = i + 1 < k and _is_selective(quotas[i + 1], numel)
         histograms[:] = 0
         for group in prange(n_groups):
-            base_vals = np.empty(_TILE, np.float32)
-            tau = np.empty(_TILE, np.float32)
-            draws = np.empty(_TILE, np.float32)
-            free_offset = np.empty(_TILE, np.uint32)
-            keys = np.empty(_TILE, np.uint32)
+            base_vals, tau, draws, free_offset, keys = _tile_key_buffers()
             kept = np.empty(_TILE, np.float32)
             seen = ties_before[group]
             first, stop = _group_span(group, n_groups, numel)
