@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "qua
 
 from merging import MethodRun  # noqa: E402
 from pipeline import AncestrySettings, SeedSettings, candidate_orders, equal_kept_runs, run_seed  # noqa: E402
-from report import aggregate, ca_gains, comparisons, markdown  # noqa: E402
+from report import aggregate, ca_gains, comparisons, ingredient_effects, markdown  # noqa: E402
 from tasks import SplitSizes, fit_sizes  # noqa: E402
 from training import EncodedTask, TrainSettings, encode_split  # noqa: E402
 
@@ -132,3 +132,23 @@ def test_a_small_task_keeps_validation_and_shares_the_rest():
     assert fit_sizes(SplitSizes(2000, 200, 1000), 1114) == SplitSizes(train=457, val=200, test=457)
     assert fit_sizes(SplitSizes(512, 96, 256), 1114) == SplitSizes(512, 96, 256)
     assert fit_sizes(SplitSizes(512, 96, 1000), 1114) == SplitSizes(train=509, val=96, test=509)
+
+
+def test_full_preset_runs_cabs_ties_only_where_the_densities_sum_above_one():
+    import run
+
+    regime = run.PRESETS["full"]["interference"]
+    labels = {r.label for r in run.regime_runs(regime, run.DENSITIES, None)}
+    assert "cabs_ties@0.25" in labels and 6 * 0.25 > 1  # six tasks: positions are shared
+    assert "cabs_ties@0.1" not in labels and "dare_ties@0.25" not in labels
+    assert {"cabs@0.1", "nm_linear@0.1", "cabs@0.25", "nm_linear@0.25"} <= labels  # the CA pair, both densities
+    ancestry = run.PRESETS["full"]["ancestry"]
+    assert all(r.density in (None, 0.1) for r in run.regime_runs(ancestry, run.DENSITIES, None))
+
+
+def test_an_ingredient_effect_is_the_paired_difference_with_minus_without():
+    seeds = [{"methods": {"nm_linear@0.1": {"density": 0.1, "test_correct": {"a": "1111", "b": "1010"}},
+                          "magnitude_linear@0.1": {"density": 0.1, "test_correct": {"a": "1100", "b": "1010"}}}}]
+    (effect,) = ingredient_effects(seeds)
+    assert effect["with"] == "nm_linear@0.1" and effect["without"] == "magnitude_linear@0.1"
+    assert effect["mean"] == 0.25 and effect["low"] <= 0.25 <= effect["high"]  # (0.5 + 0) / 2 tasks

@@ -34,7 +34,7 @@ def kept_share(record: dict, label: str) -> Optional[float]:
 
 
 def aggregate(seeds: Sequence[dict], task_names: Sequence[str]) -> dict:
-    """Per row (fine-tuned model, base, ancestor, method): per-task, mean and normalized mean over seeds."""
+    """Per row (the tasks' own models, base, ancestor, method): per-task, mean and normalized mean over seeds."""
 
     def row(records: Sequence[dict]) -> dict:
         out = {t: spread([r["test"][t] for r in records]) for t in task_names}
@@ -44,15 +44,7 @@ def aggregate(seeds: Sequence[dict], task_names: Sequence[str]) -> dict:
                 out[key] = spread([r[key] for r in records])
         return out
 
-    def finetuned_row(task: str) -> list[dict]:
-        rows = []
-        for s in seeds:
-            scores = s["finetuned"][task]
-            rows.append({"test": scores, "mean": statistics.fmean(scores.values())})
-        return rows
-
     rows = {"individual (each task's own model)": row([s["individual"] for s in seeds])}
-    rows.update({f"fine-tuned on {t}": row(finetuned_row(t)) for t in task_names})
     if "ancestor_alone" in seeds[0]:
         rows[ANCESTOR_ROW] = row([s["ancestor_alone"] for s in seeds])
     rows["merge base + task heads"] = row([s["base_with_heads"] for s in seeds])
@@ -106,6 +98,35 @@ def comparisons(seeds: Sequence[dict]) -> dict:
 # Conflict-aware pruning on vs off, everything else equal.
 CA_PAIRS = (("cabs", "nm_linear"), ("ca_magnitude_linear", "magnitude_linear"))
 
+# The ingredients of the sparse merges, one changed at a time: (with, without, what changes).
+# Rows are compared at the same density wherever a regime ran both.
+INGREDIENTS = (
+    ("nm_linear", "magnitude_linear", "n:m blocks instead of per-tensor magnitude (sum)"),
+    ("cabs", "nm_linear", "conflict-aware pruning (n:m, sum)"),
+    ("ca_magnitude_linear", "magnitude_linear", "conflict-aware pruning (per-tensor, sum)"),
+    ("ties[normalize=False]", "magnitude_linear", "sign election (per-tensor, no disjoint mean)"),
+    ("nm_ties", "nm_linear", "sign election (n:m, no disjoint mean)"),
+    ("ties", "ties[normalize=False]", "disjoint mean (per-tensor, sign election)"),
+    ("nm_ties[normalize=True]", "nm_ties", "disjoint mean (n:m, sign election)"),
+    ("ties", "nm_ties[normalize=True]", "per-tensor instead of n:m (full TIES)"),
+    ("cabs_ties", "cabs", "sign election on conflict-aware masks"),
+)
+
+
+def ingredient_effects(seeds: Sequence[dict]) -> list[dict]:
+    """Each ingredient's effect: row with minus row without, paired over sentences and seeds."""
+    methods = seeds[0]["methods"]
+    densities = sorted({r["density"] for r in methods.values() if r["density"]})
+    effects = []
+    for density in densities:
+        for with_, without, change in INGREDIENTS:
+            on, off = f"{with_}@{density:g}", f"{without}@{density:g}"
+            if on in methods and off in methods:
+                result = paired_bootstrap(correctness(seeds, lambda s, on=on: s["methods"][on]),
+                                          correctness(seeds, lambda s, off=off: s["methods"][off]))
+                effects.append({"density": density, "change": change, "with": on, "without": off, **result})
+    return effects
+
 
 def ca_gains(arms: dict) -> list[dict]:
     """Gain of CA (on minus off) against the measured magnitude-mask overlap, per arm,
@@ -122,6 +143,8 @@ def ca_gains(arms: dict) -> list[dict]:
                 for s in seeds:
                     points.append({
                         "arm": arm, "seed": s["seed"], "density": density, "pair": f"{with_ca} - {without}",
+                        # at a sum >= 1 conflict-aware masks fill every block: later tasks get what is left
+                        "density_sum": density * len(s["task_vector_norms"]),
                         "magnitude_overlap": s["inspect"][off]["overlap"]["magnitude"],
                         "gain": s["methods"][on]["mean"] - s["methods"][off]["mean"],
                         "arm_interval": interval,
@@ -183,6 +206,12 @@ def arm_markdown(arm: str, summary: dict, seeds: Sequence[dict], task_names: Seq
         name = label + (" (equal kept count)" if label in seeds[0].get("equal_kept", {}) else "")
         lines.append(f"| {name} | {scale} | " + " | ".join(cells) + f" | {_cell(stats['mean'])} | {norm} | {kept} |"
                      + "".join(f" {d} |" for d in diffs))
+    if summary.get("ingredients"):
+        lines += ["", "What each ingredient does: the row with it minus the row without it (same density), "
+                  "paired 95 % bootstrap interval over test sentences and seeds, `*` where it excludes 0.", "",
+                  "| density | change | with | without | Δ points [95 %] |", "|---|---|---|---|---|"]
+        for e in summary["ingredients"]:
+            lines.append(f"| {e['density']:g} | {e['change']} | {e['with']} | {e['without']} | {_difference(e)} |")
     if "inspect" in seeds[0]:
         lines += ["", "Masks from `mergekit-cabs inspect` (first seed): overlap = intersection / union pooled "
                   "over all task pairs; kept = kept share per task; lost to CA = kept-energy share each task "
@@ -230,6 +259,8 @@ def markdown(summaries: dict, arms: dict, task_names: dict, gains: Sequence[dict
     lines = [f"# Merge quality: all-MiniLM-L6-v2 ({meta['preset']} preset)", "",
              "Arms: one set of fine-tuned models merged against one base. The scale is the shared weight "
              "(lambda where the combine normalizes) chosen on validation per method and seed.", ""]
+    if not meta.get("complete", True):
+        lines += [f"**Partial run**: written after the regimes {', '.join(meta['regimes'])}; the run did not finish.", ""]
     for arm, records in arms.items():
         lines += arm_markdown(arm, summaries[arm], records, task_names[arm], meta) + [""]
     if gains:
@@ -257,21 +288,25 @@ def ca_gain_figure(gains: Sequence[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     arms = list(dict.fromkeys(p["arm"] for p in gains))
     colors = plt.get_cmap("tab10")
     for pair, marker in zip(sorted({p["pair"] for p in gains}), "os^v"):
         for index, arm in enumerate(arms):  # marker: which CA pair; colour: which arm
             points = [p for p in gains if p["pair"] == pair and p["arm"] == arm]
-            ax.scatter([p["magnitude_overlap"] * 100 for p in points], [p["gain"] * 100 for p in points],
-                       marker=marker, color=colors(index % 10), label=f"{pair}, {arm}", alpha=0.8)
+            for full in (False, True):  # hollow: densities sum to 1 or more
+                chosen = [p for p in points if (p.get("density_sum", 0.0) >= 1.0 - 1e-9) == full]
+                if chosen:
+                    ax.scatter([p["magnitude_overlap"] * 100 for p in chosen], [p["gain"] * 100 for p in chosen],
+                               marker=marker, edgecolors=colors(index % 10),
+                               facecolors="none" if full else colors(index % 10), alpha=0.85,
+                               label=f"{pair}, {arm}" + (", densities sum >= 1" if full else ""))
     ax.axhline(0.0, color="k", linewidth=0.8)
     ax.set_xlabel("magnitude-mask overlap between tasks (%, mergekit-cabs inspect)")
     ax.set_ylabel("CA on minus off (points of mean test accuracy)")
-    ax.set_title("When does conflict-aware pruning pay? (arms x densities x seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.set_title("When does CA pay? One point per arm, density and seed; hollow: densities sum >= 1")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -309,7 +344,6 @@ def figure(summary: dict, path: Path, densities: Sequence[float], title: str) ->
     ys_all = [rows[k]["mean"]["min"] * 100 for k in rows if "@" in k or k == "merge base + task heads"]
     ax.set_ylim(max(0.0, min(ys_all) - 5), 100)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
