@@ -84,6 +84,7 @@ def test_kernel_benchmark_reports_every_kernel(tmp_path):
 
 def test_profile_reports_the_kernel_among_a_merges_costliest_functions(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(SPEED))  # profile_merge imports run.py's builders
+    monkeypatch.delitem(sys.modules, "run", raising=False)  # not another benchmark's run.py
     load("profile_merge").main(["--small", "--layers", "2", "--methods", "cabs@64",
                                 "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
     report = (tmp_path / "profile.md").read_text()

@@ -3,6 +3,7 @@
     HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --quick   # every regime, 1 seed
     HF_HUB_OFFLINE=1 python benchmarks/quality/run.py           # every regime, full preset
     HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --regimes interference   # one regime
+    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --resume   # keep finished regimes, run the rest
 
 See README.md in this folder for the installs, the data and what is measured.
 """
@@ -86,16 +87,16 @@ PRESETS = {
                            orders=True, max_orders=2,
                            ancestry=AncestrySettings((("far", TrainSettings(epochs=2, body_lr=STRONG_LR)),))),
     },
-    # Sized to about 2 hours on 2 vCPUs (scoring 1000 test sentences per task dominates):
-    # two seeds where the methods separate (interference), one elsewhere.
+    # Sized to about 2 hours on 2 vCPUs (scoring 1000 test sentences per task dominates): two
+    # seeds where the methods separate (interference) and in light, one for the ancestry study.
     "full": {
-        "light": Regime(LIGHT_TASKS, (512, 48, 1000), TrainSettings(epochs=3), (0,), methods=QUICK_METHODS),
+        "light": Regime(LIGHT_TASKS, (512, 48, 1000), TrainSettings(epochs=3), (0, 1), methods=QUICK_METHODS),
         "interference": Regime(INTERFERENCE_TASKS, (1000, 48, 1000), TrainSettings(epochs=2, body_lr=STRONG_LR), (0, 1),
                                methods=tuple(m for m in CORE_METHODS if m != "cabs_ties"),
                                later_density_methods=OVERLAP_METHODS,
                                extra_runs=DECOMPOSITION, equal_kept=("cabs", "nm_linear")),
         "ancestry": Regime(LIGHT_TASKS, (512, 48, 1000), TrainSettings(epochs=2), (0,), methods=QUICK_METHODS,
-                           later_density_methods=(), orders=True, max_orders=8,
+                           orders=True, max_orders=8,
                            ancestry=AncestrySettings((NEAR, ("far", TrainSettings(epochs=2, body_lr=STRONG_LR))))),
     },
 }
@@ -119,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-inspect", action="store_true", help="skip `mergekit-cabs inspect` (kept shares)")
     parser.add_argument("--out", type=Path, help="results folder (default results/ or results_quick/)")
     parser.add_argument("--workdir", type=Path, default=HERE / "work", help="checkpoints and merges")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the regimes --out's results.json already holds with the same settings; run the rest")
     parser.add_argument("--render", type=Path, metavar="DIR",
                         help="only re-write DIR's results.md and figures from its results.json (no runs)")
     parser.add_argument("--threads", type=int, default=2,
@@ -199,6 +202,28 @@ def seed_settings(regime: Regime, args, densities: tuple[float, ...], first_seed
                         inspect=not args.no_inspect, equal_kept=regime.equal_kept, ancestry=ancestry)
 
 
+# What a regime's results depend on: a finished regime is kept by --resume only if all match.
+SETTINGS_KEYS = ("tasks", "seeds", "split_sizes_per_task", "train", "ancestry", "runs", "equal_kept")
+
+
+def finished_regime(previous: Optional[dict], name: str, settings: dict, preset: str,
+                    densities: tuple[float, ...]) -> Optional[dict]:
+    """``previous`` results.json's record of regime ``name`` if it ran with these settings, else None."""
+    meta = (previous or {}).get("meta")
+    if not meta:
+        return None
+    record = meta["regimes"].get(name)
+    same_run = meta["preset"] == preset and tuple(meta["densities"]) == densities
+    if record is None or not same_run or any(record.get(k) != settings[k] for k in SETTINGS_KEYS):
+        return None
+    return {"command": meta["command"], **record}  # records before --resume carry the run's command only
+
+
+def arm_regime(arm: str) -> str:
+    """The regime an arm belongs to (arms are named "<regime>" or "<regime> <variant>")."""
+    return arm.split(" ", 1)[0]
+
+
 def render(out: Path) -> None:
     """results.md, results.json's summaries and the figures again, from the seed records."""
     data = json.loads((out / "results.json").read_text())
@@ -225,6 +250,8 @@ def main(argv=None) -> None:
     densities = tuple(args.densities or PRESET_DENSITIES[preset_name])
     out = args.out or HERE / ("results_quick" if args.quick else "results")
     out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").exists() else None
+    command = "HF_HUB_OFFLINE=1 python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     started = time.perf_counter()
     model_dir = str(get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -236,8 +263,24 @@ def main(argv=None) -> None:
         tasks = [encode_task(t, tokenizer, regime.train.max_length) for t in raw_tasks]
         runs = regime_runs(regime, densities, args.methods)
         seeds = tuple(args.seeds or regime.seeds)
+        settings_record = {
+            "tasks": list(regime.tasks), "seeds": list(seeds),
+            "split_sizes_per_task": {t.name: {split: len(getattr(t, split)[0]) for split in ("train", "val", "test")}
+                                     for t in raw_tasks},
+            "train": asdict(regime.train),
+            "ancestry": json.loads(json.dumps(asdict(regime.ancestry))) if regime.ancestry else None,
+            "runs": [r.label for r in runs], "equal_kept": list(regime.equal_kept),
+        }
+        kept = finished_regime(previous, regime_name, settings_record, preset_name, densities)
+        if kept is not None:
+            regimes_meta[regime_name] = kept
+            for arm, entry in previous["arms"].items():
+                if arm_regime(arm) == regime_name:
+                    arms[arm] = entry["seeds"]
+                    task_names[arm] = list(entry["seeds"][0]["individual"]["test"])
+            print(f"{regime_name}: kept from {out / 'results.json'} (same settings, run by: {kept['command']})")
         regime_start = time.perf_counter()
-        for index, seed in enumerate(seeds):
+        for index, seed in enumerate(seeds if kept is None else ()):
             torch.manual_seed(seed)
             base = BertModel.from_pretrained(model_dir)
             settings = seed_settings(regime, args, densities, index == 0)
@@ -246,21 +289,14 @@ def main(argv=None) -> None:
             for arm, record in seed_arms.items():
                 arms.setdefault(arm, []).append(record)
                 task_names[arm] = [t.name for t in tasks]
-            (out / "results.json").write_text(json.dumps({"arms": arms}, indent=1))  # progress
-        regimes_meta[regime_name] = {
-            "tasks": list(regime.tasks), "seeds": list(seeds),
-            "split_sizes_per_task": {t.name: {split: len(getattr(t, split)[0]) for split in ("train", "val", "test")}
-                                     for t in raw_tasks},
-            "train": asdict(regime.train),
-            "ancestry": asdict(regime.ancestry) if regime.ancestry else None,
-            "runs": [r.label for r in runs], "equal_kept": list(regime.equal_kept),
-            "wall_seconds": round(time.perf_counter() - regime_start, 1),
-        }
+            (out / "progress.json").write_text(json.dumps({"arms": arms}, indent=1))  # a regime half-way
+        if kept is None:
+            regimes_meta[regime_name] = {**settings_record, "command": command, "finished": time.strftime("%Y-%m-%d"),
+                                         "wall_seconds": round(time.perf_counter() - regime_start, 1)}
         # Written after every regime, so a run stopped part-way leaves its finished regimes rendered.
         meta = {
             "preset": preset_name,
-            "command": "HF_HUB_OFFLINE=1 python "
-                       + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+            "command": command,
             "regimes": regimes_meta,
             "densities": list(densities),
             "block_size": BLOCK_SIZE,
@@ -272,6 +308,7 @@ def main(argv=None) -> None:
             "versions": versions(),
         }
         write_outputs(out, arms, task_names, meta)
+    (out / "progress.json").unlink(missing_ok=True)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min -> {out}")
 
 
