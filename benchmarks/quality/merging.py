@@ -18,7 +18,6 @@ run together in one ``mergekit-multi`` process (MergeKit's own multi-merge comma
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import subprocess
@@ -36,7 +35,6 @@ from mergekit_cabs.methods import METHOD_TABLE
 
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
 MERGEKIT_MULTI = str(Path(sys.executable).with_name("mergekit-multi"))
-MERGEKIT_CABS = str(Path(sys.executable).with_name("mergekit-cabs"))
 # MergeKit's DARE methods draw their masks from the process-wide generator that
 # --random-seed seeds once per process: inside a batch, their masks would depend on the
 # merges before them. They get a process each. Our DARE variants seed a generator per
@@ -163,12 +161,14 @@ def inspect_masks(config: dict, workdir: Path, seed: int) -> dict:
     and of per-tensor magnitude masks at the same density, the energy lost to CA (CA
     methods), and the pooled overlap (intersection / union over all task pairs) of both.
     """
+    from mergekit_cabs.diagnostics import inspect_config
+
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    _run([MERGEKIT_CABS, "inspect", str(config_path), "--out", str(workdir), "--quiet",
-          "--random-seed", str(seed)], config_path)
-    overall = json.loads((workdir / "report.json").read_text())["overall"]
+    # The function behind `mergekit-cabs inspect CONFIG --random-seed SEED`, in this process:
+    # the command's own start-up (imports) would double the time of every inspect here.
+    overall = inspect_config(config_path, workdir, random_seed=seed, progress=False)["overall"]
     return {
         "overlap": {kind: overall["overlap"][kind]["all_pairs"] for kind in ("method", "magnitude")},
         "kept_share": overall["kept_share"],
