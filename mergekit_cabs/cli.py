@@ -41,8 +41,12 @@ def merge_command(ctx: click.Context) -> None:
 def demo_command(out_dir: str) -> None:
     """Build tiny models locally and merge them with plain mergekit-yaml and CABS."""
     from mergekit_cabs.demo import run_demo
+    from mergekit_cabs.output_dir import OutputDirError
 
-    run_demo(out_dir)
+    try:
+        run_demo(out_dir)
+    except OutputDirError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command("inspect")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
+from mergekit_cabs.output_dir import owned_output_dir
+
 DEMO_PARAMETERS = {"weight": 1.0, "density": 0.25}
 DEMO_BLOCK_SIZE = 16
+DEMO_TOOL = "mergekit-cabs demo"
 
 
 def demo_config(base: str, models: list[str]) -> dict:
@@ -40,19 +42,19 @@ def summarize(base: str, models: list[str], merged: str) -> str:
 
 
 def run_demo(out_dir: str) -> Path:
+    """Build the tiny family in ``out_dir`` and merge it; a non-empty ``out_dir`` must be an earlier
+    demo output, of which only the files the demo wrote are removed."""
     from mergekit_cabs.tiny_models import build_tiny_family
 
-    root = Path(out_dir).resolve()
-    if root.exists():
-        shutil.rmtree(root)
-    base, models = build_tiny_family(root / "models", n_finetuned=3)
-    config_path = root / "cabs.yml"
-    config_path.write_text(yaml.safe_dump(demo_config(base, models), sort_keys=False))
-    merged = root / "merged"
-    mergekit_yaml = str(Path(sys.executable).with_name("mergekit-yaml"))
-    command = [mergekit_yaml, str(config_path), str(merged), "--no-copy-tokenizer", "--quiet"]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    with owned_output_dir(out_dir, DEMO_TOOL) as root:
+        base, models = build_tiny_family(root / "models", n_finetuned=3)
+        config_path = root / "cabs.yml"
+        config_path.write_text(yaml.safe_dump(demo_config(base, models), sort_keys=False))
+        merged = root / "merged"
+        mergekit_yaml = str(Path(sys.executable).with_name("mergekit-yaml"))
+        command = [mergekit_yaml, str(config_path), str(merged), "--no-copy-tokenizer", "--quiet"]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
     print(f"merged model: {merged}")
     print(summarize(base, models, str(merged)))
     return merged
