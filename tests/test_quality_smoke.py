@@ -7,21 +7,15 @@ ancestor, `mergekit-cabs inspect`, the order study and every report stage. Few m
 processes, to stay fast; tests/test_bert_merge.py covers MergeKit's own methods on BERT.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "quality"
-sys.path.insert(0, str(QUALITY))
-
-from merging import MethodRun  # noqa: E402
-from pipeline import AncestrySettings, SeedSettings, candidate_orders, equal_kept_runs, run_seed  # noqa: E402
-from report import aggregate, ca_gains, comparisons, ingredient_effects, markdown  # noqa: E402
-from tasks import SplitSizes, fit_sizes  # noqa: E402
-from training import EncodedTask, TrainSettings, encode_split  # noqa: E402
+import benchmarks.quality.run as quality_run
+from benchmarks.quality.merging import MethodRun
+from benchmarks.quality.pipeline import AncestrySettings, SeedSettings, candidate_orders, equal_kept_runs, run_seed
+from benchmarks.quality.report import aggregate, ca_gains, comparisons, ingredient_effects, markdown
+from benchmarks.quality.tasks import SplitSizes, fit_sizes
+from benchmarks.quality.training import EncodedTask, TrainSettings, encode_split
 
 # Merges and training runs: the full suite only (`-m "not slow"` skips them).
 pytestmark = pytest.mark.slow
@@ -136,40 +130,29 @@ def test_a_small_task_keeps_validation_and_shares_the_rest():
     assert fit_sizes(SplitSizes(512, 96, 1000), 1114) == SplitSizes(train=509, val=96, test=509)
 
 
-def load_run():
-    """benchmarks/quality/run.py under its own name (benchmarks/speed has a run.py too)."""
-    spec = importlib.util.spec_from_file_location("quality_run", QUALITY / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = run  # dataclasses look their module up there
-    spec.loader.exec_module(run)
-    return run
-
-
 def test_full_preset_runs_cabs_ties_only_where_the_densities_sum_above_one():
-    run = load_run()
-    regime = run.PRESETS["full"]["interference"]
-    labels = {r.label for r in run.regime_runs(regime, run.DENSITIES, None)}
+    regime = quality_run.PRESETS["full"]["interference"]
+    labels = {r.label for r in quality_run.regime_runs(regime, quality_run.DENSITIES, None)}
     assert "cabs_ties@0.25" in labels and 6 * 0.25 > 1  # six tasks: positions are shared
     assert "cabs_ties@0.1" not in labels and "dare_ties@0.25" not in labels
     assert {"cabs@0.1", "nm_linear@0.1", "cabs@0.25", "nm_linear@0.25"} <= labels  # the CA pair, both densities
-    ancestry = run.PRESETS["full"]["ancestry"]
-    assert {"cabs@0.1", "cabs@0.25", "nm_linear@0.25"} <= {r.label for r in run.regime_runs(ancestry, run.DENSITIES, None)}
+    ancestry = quality_run.PRESETS["full"]["ancestry"]
+    assert {"cabs@0.1", "cabs@0.25", "nm_linear@0.25"} <= {r.label for r in quality_run.regime_runs(ancestry, quality_run.DENSITIES, None)}
 
 
 def test_resume_keeps_a_finished_regime_only_if_it_ran_with_the_same_settings():
-    run = load_run()
     settings = {"tasks": ["a", "b"], "seeds": [0], "split_sizes_per_task": {}, "train": {"epochs": 2},
                 "ancestry": None, "runs": ["cabs@0.1"], "equal_kept": []}
     previous = {"meta": {"preset": "full", "densities": [0.1, 0.25], "command": "python run.py",
                          "regimes": {"light": {**settings, "wall_seconds": 5.0}}}}
-    kept = run.finished_regime(previous, "light", settings, "full", (0.1, 0.25))
+    kept = quality_run.finished_regime(previous, "light", settings, "full", (0.1, 0.25))
     assert kept["wall_seconds"] == 5.0 and kept["command"] == "python run.py"
-    assert run.finished_regime(previous, "light", {**settings, "seeds": [0, 1]}, "full", (0.1, 0.25)) is None
-    assert run.finished_regime(previous, "light", settings, "full", (0.1,)) is None  # other densities
-    assert run.finished_regime(previous, "light", settings, "quick", (0.1, 0.25)) is None
-    assert run.finished_regime(previous, "ancestry", settings, "full", (0.1, 0.25)) is None  # never ran
-    assert run.finished_regime({"arms": {}}, "light", settings, "full", (0.1, 0.25)) is None  # stopped half-way
-    assert run.arm_regime("ancestry near, vs base") == "ancestry" and run.arm_regime("light") == "light"
+    assert quality_run.finished_regime(previous, "light", {**settings, "seeds": [0, 1]}, "full", (0.1, 0.25)) is None
+    assert quality_run.finished_regime(previous, "light", settings, "full", (0.1,)) is None  # other densities
+    assert quality_run.finished_regime(previous, "light", settings, "quick", (0.1, 0.25)) is None
+    assert quality_run.finished_regime(previous, "ancestry", settings, "full", (0.1, 0.25)) is None  # never ran
+    assert quality_run.finished_regime({"arms": {}}, "light", settings, "full", (0.1, 0.25)) is None  # stopped half-way
+    assert quality_run.arm_regime("ancestry near, vs base") == "ancestry" and quality_run.arm_regime("light") == "light"
 
 
 def test_an_ingredient_effect_is_the_paired_difference_with_minus_without():

@@ -1,14 +1,9 @@
 """benchmarks/quality/stats.py: paired bootstrap over test sentences and seeds."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality"))
-
-from stats import correctness_array, mean_accuracy_difference, paired_bootstrap  # noqa: E402
+from benchmarks.quality.stats import correctness_array, mean_accuracy_difference, paired_bootstrap
 
 
 def bernoulli(rate: float, shape, seed: int) -> np.ndarray:

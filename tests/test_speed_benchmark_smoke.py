@@ -1,6 +1,5 @@
 """The speed benchmark's plumbing on tiny shapes (the real runs: benchmarks/speed/README.md)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,24 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import benchmarks.speed.kernels as speed_kernels
+import benchmarks.speed.profile_merge as profile_merge
+import benchmarks.speed.run as speed_run
+
 # Benchmark runs: the full suite only (`-m "not slow"` skips them).
 pytestmark = pytest.mark.slow
 
-SPEED = Path(__file__).parents[1] / "benchmarks" / "speed"
-
-
-def load(name):
-    """A benchmark script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"speed_{name}", SPEED / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+SPEED = Path(speed_run.__file__).parent
 
 
 def test_speed_benchmark_runs_mergekit_yaml_and_writes_results(tmp_path):
     out = tmp_path / "out"
-    load("run").main(["--small", "--layers", "2", "--repeats", "1", "--focus-repeats", "1", "--skip-startup",
+    speed_run.main(["--small", "--layers", "2", "--repeats", "1", "--focus-repeats", "1", "--skip-startup",
                       "--methods", "task_arithmetic,cabs:torch",
                       "--work", str(tmp_path / "work"), "--out", str(out)])
     result = json.loads((out / "results.json").read_text())
@@ -53,9 +47,8 @@ def test_speed_benchmark_runs_mergekit_yaml_and_writes_results(tmp_path):
 
 
 def test_speed_benchmark_repeats_focus_rows_of_the_first_family_only():
-    run = load("run")
-    args = run.parse_args(["--small", "--layers", "1", "--repeats", "1", "--focus-repeats", "3"])
-    seven_b, large_vocab = run.families(args)
+    args = speed_run.parse_args(["--small", "--layers", "1", "--repeats", "1", "--focus-repeats", "3"])
+    seven_b, large_vocab = speed_run.families(args)
     assert seven_b.runs_of("cabs@64", 1) == 3 and seven_b.runs_of("nm_ties@64", 1) == 1
     assert large_vocab.runs_of("cabs@64", 1) == 1
     assert "ties" in seven_b.variants and "ties" not in large_vocab.variants
@@ -63,15 +56,14 @@ def test_speed_benchmark_repeats_focus_rows_of_the_first_family_only():
 
 
 def test_speed_benchmark_forces_the_torch_path_only_on_torch_rows():
-    run = load("run")
-    assert run.expand_methods("cabs,nm_ties@256,cabs:torch") == ["cabs@64", "nm_ties@256", "cabs@64:torch"]
-    assert run.variant_env("cabs@64:torch", {})[run.TORCH_KERNELS_ENV] == "1"
-    assert run.TORCH_KERNELS_ENV not in run.variant_env("cabs@64", {})
-    assert run.method_config("cabs@64:torch", run.Checkpoints("b", ["f"], 1, 1, 2, [0.4]))["merge_method"] == "cabs"
+    assert speed_run.expand_methods("cabs,nm_ties@256,cabs:torch") == ["cabs@64", "nm_ties@256", "cabs@64:torch"]
+    assert speed_run.variant_env("cabs@64:torch", {})[speed_run.TORCH_KERNELS_ENV] == "1"
+    assert speed_run.TORCH_KERNELS_ENV not in speed_run.variant_env("cabs@64", {})
+    assert speed_run.method_config("cabs@64:torch", speed_run.Checkpoints("b", ["f"], 1, 1, 2, [0.4]))["merge_method"] == "cabs"
 
 
 def test_kernel_benchmark_reports_every_kernel(tmp_path):
-    result = load("kernels").main(["--rows", "4", "--repeats", "1", "--out", str(tmp_path / "k.json")])
+    result = speed_kernels.main(["--rows", "4", "--repeats", "1", "--out", str(tmp_path / "k.json")])
     rows = json.loads((tmp_path / "k.json").read_text())["rows"]
     assert rows.keys() == result["rows"].keys()
     assert {"fp32 copy (bandwidth reference)", "n:m mask, 1 task", "CA n:m masks, 3 tasks",
@@ -82,10 +74,8 @@ def test_kernel_benchmark_reports_every_kernel(tmp_path):
     assert (tmp_path / "k.md").exists()
 
 
-def test_profile_reports_the_kernel_among_a_merges_costliest_functions(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(SPEED))  # profile_merge imports run.py's builders
-    monkeypatch.delitem(sys.modules, "run", raising=False)  # not another benchmark's run.py
-    load("profile_merge").main(["--small", "--layers", "2", "--methods", "cabs@64",
+def test_profile_reports_the_kernel_among_a_merges_costliest_functions(tmp_path):
+    profile_merge.main(["--small", "--layers", "2", "--methods", "cabs@64",
                                 "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
     report = (tmp_path / "profile.md").read_text()
     assert "## `cabs@64`:" in report

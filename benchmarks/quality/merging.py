@@ -33,6 +33,8 @@ from safetensors.torch import load_file
 from mergekit_cabs.kernels import conflict_aware_masks, keep_count, magnitude_mask, nm_mask
 from mergekit_cabs.methods import METHOD_TABLE
 
+from ..merge_outputs import fresh_output
+
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
 MERGEKIT_MULTI = str(Path(sys.executable).with_name("mergekit-multi"))
 # MergeKit's DARE methods draw their masks from the process-wide generator that
@@ -126,9 +128,10 @@ def _run(command: list[str], config_path: Path) -> None:
 
 
 def run_mergekit_yaml(config: dict, workdir: Path, seed: int) -> Path:
-    """Write the config and merge it with a plain ``mergekit-yaml`` subprocess; return the output dir."""
+    """Write the config and merge it with a plain ``mergekit-yaml`` subprocess; return the output
+    dir, which must not exist before (``fresh_output``)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config_path, out = workdir / "config.yml", workdir / "merged"
+    config_path, out = workdir / "config.yml", fresh_output(workdir / "merged")
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     _run([MERGEKIT_YAML, str(config_path), str(out), "--no-copy-tokenizer", "--random-seed", str(seed)],
          config_path)
@@ -136,7 +139,8 @@ def run_mergekit_yaml(config: dict, workdir: Path, seed: int) -> Path:
 
 
 def run_mergekit_multi(configs: dict[str, dict], workdir: Path, seed: int) -> dict[str, Path]:
-    """Merge named configs in one ``mergekit-multi`` subprocess; return each output dir.
+    """Merge named configs in one ``mergekit-multi`` subprocess; return each output dir (none
+    may exist before, ``fresh_output``).
 
     Every document is a complete config (none refers to another), so this is the same as
     one ``mergekit-yaml`` per config, minus the start-ups, for methods that do not draw
@@ -147,11 +151,12 @@ def run_mergekit_multi(configs: dict[str, dict], workdir: Path, seed: int) -> di
     # mergekit-multi reads every string of a document that equals a document's name as a
     # reference to that merge, so a merge named "task_arithmetic" would depend on itself.
     names = {name: f"merge-{index}" for index, name in enumerate(configs)}
+    outputs = {name: fresh_output(out / names[name]) for name in configs}
     documents = [{"name": names[n], **c} for n, c in configs.items()]
     config_path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
     _run([MERGEKIT_MULTI, str(config_path), "--intermediate-dir", str(out), "--no-lazy",
           "--no-copy-tokenizer", "--random-seed", str(seed)], config_path)
-    return {name: out / names[name] for name in configs}
+    return outputs
 
 
 def inspect_masks(config: dict, workdir: Path, seed: int) -> dict:

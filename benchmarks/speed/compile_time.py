@@ -1,6 +1,6 @@
 """First-use cost of the compiled kernels: compile (cold cache) or load (warm cache).
 
-    d=$(mktemp -d); for i in 1 2; do NUMBA_CACHE_DIR=$d python benchmarks/speed/compile_time.py; done
+    d=$(mktemp -d); for i in 1 2; do NUMBA_CACHE_DIR=$d python -m benchmarks.speed.compile_time; done
 
 The first run compiles every kernel a merge uses (n:m, per-tensor magnitude, per-tensor
 random; one compile serves every dtype and number of models), the second loads them from

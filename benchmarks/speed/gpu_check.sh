@@ -6,7 +6,7 @@
 #     benchmarks/speed/gpu_check.sh OUT_DIR
 #
 # Writes OUT_DIR/cuda_tests.log, OUT_DIR/results.{json,md} (the markdown table) and a chart.
-# Inputs: the 7B-shaped synthetic family of run.py at one decoder layer (0.48 B bf16 params per
+# Inputs: the 7B-shaped synthetic family of benchmarks.speed.run at one decoder layer (0.48 B bf16 params per
 # model, ~4 GB on disk, cached under $WORK, default OUT_DIR/work). Random (DARE) scores are
 # drawn on the GPU: they are a counter-based hash of (seed, position), so each chunk is computed
 # where it is used, and the masks equal the CPU's bit for bit.
@@ -33,8 +33,8 @@ tests_status=0
 "$python" -m pytest -q -p no:cacheprovider -k cuda tests 2>&1 | tee "$out/cuda_tests.log" || tests_status=$?
 
 echo "== mergekit-yaml --cuda merges"
-ours=cabs,cabs_ties,nm_linear,nm_ties,magnitude_linear,ca_magnitude_linear,ca_ties,ca_dare_linear,ca_dare_ties
-"$python" benchmarks/speed/run.py --cuda --layers 1 --large-vocab "" --repeats 1 --focus-repeats 1 \
+ours=$("$python" -c "from mergekit_cabs.methods import METHOD_TABLE; print(','.join(i.name for i in METHOD_TABLE))")
+"$python" -m benchmarks.speed.run --cuda --layers 1 --large-vocab "" --repeats 1 --focus-repeats 1 \
   --methods "task_arithmetic,$ours" --work "${WORK:-$out/work}" --out "$out" \
   --note "benchmarks/speed/gpu_check.sh; CUDA tests exit status $tests_status"
 

@@ -1,7 +1,7 @@
 """The I/O floor of a merge: read every tensor of every input, write one output of the
 base's size, no arithmetic.
 
-    python io_floor.py OUT.safetensors BASE_DIR MODEL_DIR...
+    python -m benchmarks.speed.io_floor OUT.safetensors BASE_DIR MODEL_DIR...
 """
 
 import sys

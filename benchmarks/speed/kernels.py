@@ -1,6 +1,6 @@
 """Kernel microbenchmark on one 4096 x 14336 bf16 tensor (a 7B MLP matrix), in-process.
 
-    python benchmarks/speed/kernels.py [--threads 2] [--rows 4096] [--repeats 5] [--device cpu|cuda]
+    python -m benchmarks.speed.kernels [--threads 2] [--rows 4096] [--repeats 5] [--device cpu|cuda]
 
 Times the torch masks (n:m, 3-task conflict-aware n:m, magnitude, DARE) on float32 task
 vectors and whole fused merges of base + bf16 fine-tunes (``merge_tensor``, chunked as
@@ -170,7 +170,8 @@ def cpu_model() -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed.kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=4096, help="rows of the 14336-column tensor")
     parser.add_argument("--repeats", type=int, default=5)

@@ -1,6 +1,6 @@
 """Run one command; print its wall seconds and peak RSS as JSON on the last line of stdout.
 
-    python measure_child.py COMMAND [ARGS...]
+    python -m benchmarks.speed.measure_child COMMAND [ARGS...]
 
 A launcher of its own because a child's ``ru_maxrss`` starts at its parent's RSS at fork:
 spawned straight from the benchmark (which has torch loaded, ~400 MiB) every run would read

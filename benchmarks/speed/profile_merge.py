@@ -1,11 +1,13 @@
 """Where a merge's time goes: ``mergekit-yaml`` in-process under cProfile, one method at a time.
 
-    python benchmarks/speed/profile_merge.py --methods task_arithmetic,cabs@64 --out benchmarks/speed/results
+    python -m benchmarks.speed.profile_merge --methods task_arithmetic,cabs@64 --out benchmarks/speed/results
 
-Uses the checkpoints ``run.py`` builds (same ``--params`` / ``--layers``, same cache). For each
+Uses the checkpoints ``benchmarks.speed.run`` builds (same ``--params`` / ``--layers``, same cache). For each
 method it runs MergeKit's own ``mergekit-yaml`` entry point in this process (so start-up
 imports are left out) and writes the functions with the most own time to ``profile.md``;
 time inside the compiled (numba) kernels is booked to ``_nm_merge`` / ``_tensor_merge``.
+Each merge writes into a temporary folder this tool creates under ``--work`` and removes
+whole afterwards (``scratch_folder``); nothing else there is touched.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import shutil
 import sys
 import tempfile
 import time
@@ -21,13 +22,19 @@ from pathlib import Path
 
 import yaml
 
-from run import HERE, SEVEN_B, SMALL, build_checkpoints, expand_methods, layers_for, method_config
+from .run import HERE, SEVEN_B, SMALL, build_checkpoints, expand_methods, layers_for, method_config
 
 TOP = 12
 
 
+def scratch_folder(work: Path) -> tempfile.TemporaryDirectory:
+    """A new folder under ``work`` for one merge, made here and removed whole on exit."""
+    return tempfile.TemporaryDirectory(dir=work, prefix="profile-")
+
+
 def profile_merge(variant: str, checkpoints, scratch: Path) -> tuple[float, pstats.Stats]:
-    """Wall seconds and cProfile statistics of one in-process ``mergekit-yaml`` run."""
+    """Wall seconds and cProfile statistics of one in-process ``mergekit-yaml`` run into
+    ``scratch`` (a ``scratch_folder``, which removes the merged model with it)."""
     from mergekit.scripts.run_yaml import main as mergekit_yaml
 
     config = scratch / "config.yml"
@@ -40,7 +47,6 @@ def profile_merge(variant: str, checkpoints, scratch: Path) -> tuple[float, psta
                        standalone_mode=False)
     profiler.disable()
     wall = time.perf_counter() - started
-    shutil.rmtree(out)
     return wall, pstats.Stats(profiler)
 
 
@@ -55,7 +61,8 @@ def top_rows(stats: pstats.Stats, wall: float) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed.profile_merge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="task_arithmetic,cabs@64")
     parser.add_argument("--params", type=float, default=0.7e9)
     parser.add_argument("--layers", type=int)
@@ -67,9 +74,9 @@ def main(argv=None) -> None:
     checkpoints = build_checkpoints(args.work, args.layers or layers_for(args.params, dims), dims)
     lines = [f"cProfile of in-process `mergekit-yaml` (start-up imports excluded), {checkpoints.params_per_model / 1e9:.3f} B "
              f"bf16 params per model, base + {len(checkpoints.finetuned)} fine-tunes. Command: "
-             f"`python benchmarks/speed/profile_merge.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
+             f"`python -m benchmarks.speed.profile_merge {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     for variant in expand_methods(args.methods):
-        with tempfile.TemporaryDirectory(dir=args.work) as scratch:
+        with scratch_folder(args.work) as scratch:
             wall, stats = profile_merge(variant, checkpoints, Path(scratch))
         print(f"{variant}: {wall:.1f} s", flush=True)
         lines += [f"## `{variant}`: {wall:.1f} s wall (profiled)", "",

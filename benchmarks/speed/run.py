@@ -1,10 +1,10 @@
 """Wall time and peak memory of plain `mergekit-yaml` with our methods vs MergeKit's built-ins.
 
-    python benchmarks/speed/run.py --out benchmarks/speed/results        # the committed run, ~25-30 min
-    python benchmarks/speed/run.py --quick --out /tmp/speed-quick         # same rows, 1/8 width, ~3 min
-    python benchmarks/speed/run.py --large-vocab 64000,128256             # both large vocabularies
+    python -m benchmarks.speed.run --out benchmarks/speed/results     # the committed run, ~25-30 min
+    python -m benchmarks.speed.run --quick --out /tmp/speed-quick      # same rows, 1/8 width, ~3 min
+    python -m benchmarks.speed.run --large-vocab 64000,128256          # both large vocabularies
 
-Builds (once, cached under --work) two families of a base and 3 bf16 fine-tunes that look
+run from the repository root. Builds (once, cached under --work) two families of a base and 3 bf16 fine-tunes that look
 like real small-learning-rate fine-tunes (heavy-tailed deltas, ~40% of task-vector entries
 exactly zero after bf16 rounding, measured and reported): a 7B-shaped family (Mistral-7B
 layers, 32000-row vocabulary, --params per model) and a Llama-3-shaped large-vocabulary
@@ -18,6 +18,10 @@ and one results-<family>.png per family to --out.
 
 The page cache is warm: dropping it needs root, so a read of every input precedes each
 family's runs and every run sees the inputs cached.
+
+Scratch space (configs, logs, each merge's output) is ``--work``/scratch, a folder this tool
+owns (``owned_output_dir``): a re-run clears only what the last run wrote there, and each
+merge output, which must not exist before the merge, is removed after it is measured.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,9 +43,18 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from mergekit_cabs.kernels import Sparsifier
+from mergekit_cabs.methods import METHOD_TABLE, METHODS_BY_NAME
+from mergekit_cabs.output_dir import owned_output_dir
+
+from ..merge_outputs import fresh_output, remove_output
+
 HERE = Path(__file__).resolve().parent
-IO_FLOOR_SCRIPT = HERE / "io_floor.py"
-MEASURE_CHILD_SCRIPT = HERE / "measure_child.py"
+# The children run as modules of this package, from the folder that holds ``benchmarks``.
+PACKAGE_ROOT = HERE.parents[1]
+IO_FLOOR_MODULE = "benchmarks.speed.io_floor"
+MEASURE_CHILD_MODULE = "benchmarks.speed.measure_child"
+TOOL = "benchmarks.speed.run"
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
 
 DENSITY = 0.25
@@ -66,8 +78,7 @@ ROWS_PER_DRAW = 4096  # deltas are drawn this many rows at a time, to bound the 
 IO_FLOOR, STARTUP = "io_floor", "startup"
 REFERENCES = (IO_FLOOR, STARTUP)
 BUILT_INS = ("task_arithmetic", "ties", "dare_ties")
-OURS = ("cabs", "cabs_ties", "nm_linear", "nm_ties", "magnitude_linear", "ca_magnitude_linear", "ca_ties",
-        "ca_dare_linear", "ca_dare_ties")
+OURS = tuple(info.name for info in METHOD_TABLE)
 TORCH_ROWS = ("cabs:torch", "ca_magnitude_linear:torch")
 TORCH_SUFFIX = ":torch"
 TORCH_KERNELS_ENV = "MERGEKIT_CABS_TORCH_KERNELS"
@@ -81,16 +92,11 @@ RSS_VS_TASK_ARITHMETIC = 1.10
 
 def nm_method_names() -> set[str]:
     """Our methods that take ``block_size``, read from the registered table."""
-    from mergekit_cabs.kernels import Sparsifier
-    from mergekit_cabs.methods import METHODS_BY_NAME
-
     return {name for name, info in METHODS_BY_NAME.items() if info.recipe.sparsifier is Sparsifier.NM}
 
 
 def expand_methods(methods: str) -> list[str]:
     """Comma list -> variants ``name[@m][:torch]``; an n:m method without ``@m`` gets ``@BLOCK_SIZE``."""
-    from mergekit_cabs.methods import METHODS_BY_NAME
-
     nm = nm_method_names()
     variants = []
     for name in filter(None, (m.strip() for m in methods.split(","))):
@@ -268,9 +274,13 @@ class Run:
 
 
 def measure(command: list[str], log: Path, env: dict) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process, through ``measure_child.py``."""
+    """Wall seconds and peak RSS (MiB) of one child process, through ``measure_child``.
+
+    Run from ``PACKAGE_ROOT`` (``python -m`` finds the launcher there); every path in
+    ``command`` is absolute.
+    """
     with log.open("w") as log_file:
-        result = subprocess.run([sys.executable, str(MEASURE_CHILD_SCRIPT), *command],
+        result = subprocess.run([sys.executable, "-m", MEASURE_CHILD_MODULE, *command], cwd=PACKAGE_ROOT,
                                 stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
         log_file.write(result.stdout)
     lines = result.stdout.strip().splitlines()
@@ -287,15 +297,16 @@ def output_bytes(path: Path) -> int:
 
 
 def variant_command(variant: str, checkpoints: Checkpoints, scratch: Path, mergekit_flags: list[str]):
-    """(command, output path) of one variant; reference rows run no merge."""
+    """(command, output path) of one variant; reference rows run no merge. The output path
+    must not exist yet (``fresh_output``): it is removed after the run."""
     if variant == IO_FLOOR:
-        out = scratch / "io_floor.safetensors"
-        return [sys.executable, str(IO_FLOOR_SCRIPT), str(out), checkpoints.base, *checkpoints.finetuned], out
+        out = fresh_output(scratch / "io_floor.safetensors")
+        return [sys.executable, "-m", IO_FLOOR_MODULE, str(out), checkpoints.base, *checkpoints.finetuned], out
     if variant == STARTUP:
         return [MERGEKIT_YAML, "--help"], None
     config = scratch / f"{variant.replace('@', '_').replace(':', '_')}.yml"
     config.write_text(yaml.safe_dump(method_config(variant, checkpoints), sort_keys=False))
-    out = scratch / "merged"
+    out = fresh_output(scratch / "merged")
     return [MERGEKIT_YAML, str(config), str(out), *mergekit_flags], out
 
 
@@ -314,10 +325,8 @@ def run_variant(variant: str, repeat: int, position: int, checkpoints: Checkpoin
         wall, rss = measure(command, log, variant_env(variant, env))
         written = output_bytes(out) if out else 0
     finally:
-        if out is not None and out.is_dir():
-            shutil.rmtree(out)
-        elif out is not None and out.exists():
-            out.unlink()
+        if out is not None:
+            remove_output(out)
     if out is not None and written < checkpoints.bytes_per_model:
         raise RuntimeError(f"{variant} wrote {written} bytes, expected >= {checkpoints.bytes_per_model}")
     return Run(variant, repeat, position, wall, rss, written, load)
@@ -521,13 +530,12 @@ def families(args) -> list[Family]:
     return found
 
 
-def run_family(family: Family, args, mergekit_flags: list[str], env: dict) -> dict:
-    """Build or reuse the family's checkpoints, run its rotation, summarize it."""
+def run_family(family: Family, args, scratch: Path, mergekit_flags: list[str], env: dict) -> dict:
+    """Build or reuse the family's checkpoints, run its rotation in ``scratch``, summarize it."""
     started = time.perf_counter()
     checkpoints = build_checkpoints(args.work, family.layers, family.dims)
     print(f"{family.name}: checkpoints ready in {time.perf_counter() - started:.0f} s: "
           f"{Path(checkpoints.base).parent}", flush=True)
-    scratch = args.work / "scratch"
     (scratch / "logs").mkdir(parents=True, exist_ok=True)
     run_variant(IO_FLOOR, -1, -1, checkpoints, scratch, mergekit_flags, env)  # warm the page cache for all
 
@@ -557,7 +565,8 @@ def run_family(family: Family, args, mergekit_flags: list[str], env: dict) -> di
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=float, default=0.7e9, help="parameters per model of the 7B-shaped family")
     parser.add_argument("--layers", type=int, help="decoder layers of the 7B-shaped family (overrides --params)")
     parser.add_argument("--large-vocab", default=str(LLAMA3_VOCAB),
@@ -577,7 +586,9 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="every family at 1/8 of the width (a few minutes)")
     parser.add_argument("--small", action="store_true", help="tiny shapes (the smoke test)")
     parser.add_argument("--skip-startup", action="store_true", help="leave out the start-up reference row")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.work = args.work.resolve()  # the children run from PACKAGE_ROOT
+    return args
 
 
 def main(argv=None) -> dict:
@@ -590,9 +601,11 @@ def main(argv=None) -> dict:
     mergekit_flags += ["-j", str(args.num_threads)] if args.num_threads else []
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop(TORCH_KERNELS_ENV, None)  # only the :torch rows set it
-    measured = [run_family(family, args, mergekit_flags, env) for family in families(args)]
+    planned = families(args)
+    with owned_output_dir(args.work / "scratch", TOOL) as scratch:
+        measured = [run_family(family, args, scratch, mergekit_flags, env) for family in planned]
     result = {
-        "command": shlex.join(["python", "benchmarks/speed/run.py", *argv]),
+        "command": shlex.join(["python", "-m", "benchmarks.speed.run", *argv]),
         "note": args.note,
         "machine": machine_description(args.num_threads, args.cuda),
         "mergekit_flags": mergekit_flags,
