@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import mergekit_cabs
+from inputs import ALL_RECIPES, fine_tunes, recipe_id
 from mergekit_cabs import kernels
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
 
@@ -20,7 +21,6 @@ compiled_nm = pytest.importorskip("mergekit_cabs.compiled_nm")
 # reaches the compiled path through tests/test_properties.py.
 pytestmark = pytest.mark.slow
 
-COMPILED_RECIPES = [Recipe(s, ca, c) for s in Sparsifier for ca in (False, True) for c in Combine]
 CASES = [  # shape, k, block_size, densities, weights
     ((67, 45), 3, 64, [0.25, 0.25, 0.25], [1.2, 0.9, 1.1]),
     ((300,), 1, 16, [0.3], [1.7]),
@@ -33,36 +33,20 @@ CASES = [  # shape, k, block_size, densities, weights
 ]
 
 
-def inputs(shape, k, dtype, kind, seed):
-    """base and ``k`` fine-tunes whose task vectors are ``smooth`` (Gaussian), ``tie-heavy``
-    (few distinct magnitudes, many exact zeros) or ``zero-heavy`` (50-90 % exact zeros)."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape, generator=g).to(dtype)
-    if kind == "tie-heavy":
-        deltas = [torch.randint(-3, 4, shape, generator=g).float() * 0.0625 for _ in range(k)]
-    else:
-        deltas = [torch.randn(shape, generator=g) * 0.02 for _ in range(k)]
-    if kind == "zero-heavy":
-        zero_shares = torch.linspace(0.5, 0.9, k)
-        deltas = [d * (torch.rand(shape, generator=g) >= p) for d, p in zip(deltas, zero_shares)]
-    return base, [(base.float() + d).to(dtype) for d in deltas]
-
-
 def bits(t):
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t.view(torch.int32)
 
 
 def merge_both_ways(recipe, case, dtype, kind, normalize, seed, chunk_blocks=7):
     shape, k, block_size, densities, weights = case
-    base, tuned = inputs(shape, k, dtype, kind, seed)
+    base, tuned = fine_tunes(shape, k, dtype, kind, seed)
     seeds = [1000 * seed + i for i in range(k)]
     args = (recipe, base, tuned, weights, densities, block_size, 0.8, normalize, seeds)
     return (merge_tensor(*args, chunk_blocks=chunk_blocks, compiled=True),
             merge_tensor(*args, compiled=False))
 
 
-@pytest.mark.parametrize("recipe", COMPILED_RECIPES,
-                         ids=lambda r: f"{r.sparsifier.name}-ca{int(r.conflict_aware)}-{r.combine.value}")
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=recipe_id)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kind", ["smooth", "tie-heavy", "zero-heavy"])
 @pytest.mark.parametrize("normalize", [False, True])
@@ -88,7 +72,7 @@ def test_random_draws_in_the_kernel_equal_random_scores():
                                     Recipe(Sparsifier.RANDOM, True, Combine.SUM)],
                          ids=lambda r: r.sparsifier.name)
 def test_compiled_merge_does_not_depend_on_the_thread_count(recipe):
-    base, tuned = inputs((301, 203), 3, torch.bfloat16, "tie-heavy", seed=3)
+    base, tuned = fine_tunes((301, 203), 3, torch.bfloat16, "tie-heavy", seed=3)
     args = (recipe, base, tuned, [1.0, 0.8, 1.2], [0.25, 0.3, 0.2], 64, 1.0, False, [7, 8, 9])
     threads = torch.get_num_threads()
     try:
@@ -116,7 +100,7 @@ def test_torch_kernels_switch_turns_the_compiled_path_off(monkeypatch):
     kernels.compiled_nm_module.cache_clear()
     try:
         assert kernels.compiled_nm_module() is None
-        base, tuned = inputs((8, 8), 1, torch.float32, "smooth", seed=0)
+        base, tuned = fine_tunes((8, 8), 1, torch.float32, "smooth", seed=0)
         with pytest.raises(RuntimeError, match=kernels.TORCH_KERNELS_ENV):
             merge_tensor(Recipe(Sparsifier.NM, False, Combine.SUM), base, tuned, [1.0], [0.5], 8,
                          compiled=True)

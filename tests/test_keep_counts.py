@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+from inputs import dense_task_vectors
 from mergekit_cabs.card import disjointness_sentence, procedure_paragraph
 from mergekit_cabs.diagnostics import keep_count_sentence, keep_count_summary
 from mergekit_cabs.keep_counts import counts_fit, disjoint_block_size, tensor_keep_counts
@@ -22,15 +23,10 @@ def shared_positions(masks):
     return int((torch.stack(masks).sum(0) >= 2).sum())
 
 
-def dense_taus(k, shape, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator) for _ in range(k)]  # no exact zeros
-
-
 def test_three_models_at_033_overflow_a_block_of_32():
     counts = tensor_keep_counts(CABS, [0.33] * 3, 32, 64 * 32)
     assert counts.counts == (11, 11, 11) and counts.excess == 64
-    masks = task_masks(CABS, dense_taus(3, (64, 32)), [0.33] * 3, 32)
+    masks = task_masks(CABS, dense_task_vectors(3, (64, 32)), [0.33] * 3, 32)
     assert shared_positions(masks) == 64
 
 
@@ -39,7 +35,7 @@ def test_tail_of_two_halves_fits_when_full_blocks_do():
     # own (2 > 1); shared out by largest remainder it keeps 1 in all.
     counts = tensor_keep_counts(CABS, [0.5, 0.5], 4, 5)
     assert counts.tail == 1 and sum(counts.tail_counts) == 1 and counts.excess == 0
-    masks = task_masks(CABS, dense_taus(2, (5,)), [0.5, 0.5], 4)
+    masks = task_masks(CABS, dense_task_vectors(2, (5,)), [0.5, 0.5], 4)
     assert shared_positions(masks) == 0
 
 
@@ -51,7 +47,7 @@ def test_tail_of_two_halves_fits_when_full_blocks_do():
 def test_masks_are_disjoint_exactly_when_counts_say_so(densities, block_size, numel):
     for recipe in (CABS, CA_MAGNITUDE):
         counts = tensor_keep_counts(recipe, densities, block_size, numel)
-        masks = task_masks(recipe, dense_taus(len(densities), (numel,)), densities, block_size)
+        masks = task_masks(recipe, dense_task_vectors(len(densities), (numel,)), densities, block_size)
         assert (shared_positions(masks) == 0) == (counts.excess == 0)
 
 

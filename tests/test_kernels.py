@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import reference
+from inputs import ALL_RECIPES, recipe_id, task_vectors, tie_heavy_task_vectors
 from mergekit_cabs.kernels import (
     Combine,
     Recipe,
@@ -25,32 +26,6 @@ from mergekit_cabs.kernels import (
     ties_combine,
     top_k_rows,
 )
-
-ALL_RECIPES = [
-    Recipe(s, ca, c)
-    for s in Sparsifier
-    for ca in (False, True)
-    for c in Combine
-]
-
-
-def task_vectors(k, shape, seed=0, zero_share=0.2, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(k):
-        tau = torch.randn(shape, generator=g)
-        tau = tau * (torch.rand(shape, generator=g) >= zero_share)
-        out.append(tau.to(dtype).float())
-    return out
-
-
-def tie_heavy(k, shape, seed=0):
-    """Few distinct magnitudes and many exact zeros, like bf16 deltas."""
-    g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randint(-3, 4, shape, generator=g).float() * 0.125) for _ in range(k)
-    ]
-
 
 def as_lists(masks):
     return [m.reshape(-1).tolist() for m in masks]
@@ -99,7 +74,7 @@ def test_nm_mask_kept_magnitudes_dominate_dropped_ones_in_each_block():
 
 @pytest.mark.parametrize("shape,m,n", [((13, 11), 8, 3), ((257,), 32, 3), ((6, 40), 256, 64)])
 def test_nm_mask_equals_reference(shape, m, n):
-    for taus in (task_vectors(1, shape, seed=1), tie_heavy(1, shape, seed=2)):
+    for taus in (task_vectors(1, shape, seed=1), tie_heavy_task_vectors(1, shape, seed=2)):
         got = nm_mask(taus[0], n, m)
         want = reference.masks([taus[0].reshape(-1).tolist()], [n / m], m, conflict_aware=False)
         assert as_lists([got]) == want
@@ -122,7 +97,7 @@ def test_magnitude_mask_keeps_global_top_fraction():
 
 
 def test_magnitude_mask_equals_reference_on_ties():
-    (tau,) = tie_heavy(1, (9, 7), seed=5)
+    (tau,) = tie_heavy_task_vectors(1, (9, 7), seed=5)
     want = reference.masks([tau.reshape(-1).tolist()], [0.3], tau.numel(), conflict_aware=False)
     assert as_lists([magnitude_mask(tau, 0.3)]) == want
 
@@ -162,7 +137,7 @@ def test_overlap_regime_fills_from_claimed_positions_by_own_magnitude():
 
 @pytest.mark.parametrize("densities,m", [([0.25, 0.25, 0.25], 16), ([0.75, 0.75], 8), ([0.5, 0.3, 0.6], 10)])
 def test_conflict_aware_masks_equal_reference(densities, m):
-    for taus in (task_vectors(len(densities), (7, 13), seed=8), tie_heavy(len(densities), (7, 13), seed=9)):
+    for taus in (task_vectors(len(densities), (7, 13), seed=8), tie_heavy_task_vectors(len(densities), (7, 13), seed=9)):
         got = conflict_aware_masks(taus, [keep_count(d, m) for d in densities], m)
         want = reference.masks([t.reshape(-1).tolist() for t in taus], densities, m)
         assert as_lists(got) == want
@@ -175,7 +150,7 @@ def test_ties_combine_elects_sign_and_takes_disjoint_mean():
     assert ties_combine(deltas, weights, normalize=True).tolist() == [2.0, -2.0, 0.0]
 
 
-@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda r: f"{r.sparsifier.value}-ca{int(r.conflict_aware)}-{r.combine.value}")
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=recipe_id)
 def test_merge_tensor_equals_reference(recipe):
     g = torch.Generator().manual_seed(10)
     base = torch.randn(6, 22, generator=g)
@@ -194,7 +169,7 @@ def test_merge_tensor_equals_reference(recipe):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda r: f"{r.sparsifier.value}-ca{int(r.conflict_aware)}-{r.combine.value}")
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=recipe_id)
 @pytest.mark.parametrize("compiled", [False, None], ids=["torch", "default"])
 def test_a_non_finite_input_value_reaches_the_merged_tensor(recipe, compiled):
     # methods.py checks only the result for NaN/inf; this is why that is enough.
@@ -240,7 +215,7 @@ def test_chunking_does_not_change_the_result(chunk_blocks):
 
 def test_merge_is_deterministic_across_runs():
     base = torch.randn(64, 64).to(torch.bfloat16)
-    tuned = [(base.float() + t).to(torch.bfloat16) for t in tie_heavy(3, (64, 64), seed=13)]
+    tuned = [(base.float() + t).to(torch.bfloat16) for t in tie_heavy_task_vectors(3, (64, 64), seed=13)]
     for recipe in ALL_RECIPES:
         args = (recipe, base, tuned, [1.0] * 3, [0.3] * 3, 32)
         a = merge_tensor(*args, seeds=[1, 2, 3])
@@ -253,7 +228,7 @@ def test_block_top_mask_handles_empty_tensor():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (mergekit-yaml --cuda)")
-@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda r: f"{r.sparsifier.value}-ca{int(r.conflict_aware)}-{r.combine.value}")
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=recipe_id)
 def test_cuda_masks_equal_cpu_masks_and_merges_agree(recipe):
     base = torch.randn(37, 64, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
     taus = task_vectors(3, base.shape, seed=4, dtype=torch.bfloat16)

@@ -9,30 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from inputs import PER_TENSOR_RECIPES, recipe_id, zero_heavy_tie_heavy_fine_tunes
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, masked_merge, merge_tensor, task_masks
 
-PER_TENSOR_RECIPES = [
-    Recipe(s, ca, c) for s in (Sparsifier.MAGNITUDE, Sparsifier.RANDOM) for ca in (False, True) for c in Combine
-]
 DENSITY_SETS = {
     "disjoint": [0.25, 0.3, 0.2, 0.1, 0.15],
     "overlap": [0.6, 0.7, 0.5, 1.0, 0.0],
 }
-
-
-def recipe_id(recipe):
-    return f"{recipe.sparsifier.value}-ca{int(recipe.conflict_aware)}-{recipe.combine.value}"
-
-
-def zero_heavy_tie_heavy(k, shape, zero_share, seed):
-    """(base, tuned) in bf16 whose task vectors take 4 magnitudes and are ``zero_share`` exact zeros."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape, generator=g).to(torch.bfloat16)
-    tuned = []
-    for _ in range(k):
-        step = torch.randint(-3, 4, shape, generator=g) * (torch.rand(shape, generator=g) >= zero_share)
-        tuned.append((base.float() + step * 0.125).to(torch.bfloat16))
-    return base, tuned
 
 
 def whole_tensor_merge(recipe, base, tuned, weights, densities, seeds):
@@ -52,7 +35,7 @@ CASES = [(1, 0.9, (101,)), (2, 0.5, (13, 29)), (3, 0.0, (3, 5, 7)), (4, 0.7, (41
 @pytest.mark.parametrize("densities", DENSITY_SETS.values(), ids=DENSITY_SETS.keys())
 def test_chunked_per_tensor_merge_equals_whole_tensor_kernels(recipe, densities):
     for k, zero_share, shape in CASES:
-        base, tuned = zero_heavy_tie_heavy(k, shape, zero_share, seed=k)
+        base, tuned = zero_heavy_tie_heavy_fine_tunes(k, shape, zero_share, seed=k)
         weights, seeds = [1.0, 0.8, 1.3, 0.5, 1.1][:k], [5, 6, 7, 8, 9][:k]
         want = whole_tensor_merge(recipe, base, tuned, weights, densities[:k], seeds)
         for chunk in (7, 64):  # both split runs of tied keys across chunks
@@ -63,7 +46,7 @@ def test_chunked_per_tensor_merge_equals_whole_tensor_kernels(recipe, densities)
 
 @pytest.mark.parametrize("recipe", [Recipe(Sparsifier.MAGNITUDE, True, Combine.TIES)], ids=recipe_id)
 def test_masks_of_more_than_eight_models_span_a_second_byte_plane(recipe):
-    base, tuned = zero_heavy_tie_heavy(10, (23, 11), 0.3, seed=10)
+    base, tuned = zero_heavy_tie_heavy_fine_tunes(10, (23, 11), 0.3, seed=10)
     weights, densities, seeds = [1.0] * 10, [0.1] * 10, list(range(10))
     want = whole_tensor_merge(recipe, base, tuned, weights, densities, seeds)
     got = merge_tensor(recipe, base, tuned, weights, densities, 1, 0.7, True, seeds, chunk_blocks=50, compiled=False)
@@ -75,7 +58,7 @@ def test_masks_of_more_than_eight_models_span_a_second_byte_plane(recipe):
 def test_cuda_chunked_per_tensor_merge_equals_cpu_bit_for_bit(recipe):
     # Task vectors on a 1/8 grid and unit weights: every float operation is exact, so any
     # difference is a different mask, not rounding.
-    base, tuned = zero_heavy_tie_heavy(3, (37, 29), 0.5, seed=3)
+    base, tuned = zero_heavy_tie_heavy_fine_tunes(3, (37, 29), 0.5, seed=3)
     args = ([1.0] * 3, DENSITY_SETS["overlap"][:3], 1, 1.0, False, [5, 6, 7])
     on_cpu = merge_tensor(recipe, base, tuned, *args, chunk_blocks=64, compiled=False)
     on_cuda = merge_tensor(recipe, base.cuda(), [t.cuda() for t in tuned], *args, chunk_blocks=64)

@@ -6,9 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference
+from inputs import ALL_RECIPES, fine_tunes
 from mergekit_cabs.kernels import (
-    Combine,
-    Recipe,
     Sparsifier,
     conflict_aware_masks,
     keep_count,
@@ -20,7 +19,6 @@ from mergekit_cabs.kernels import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RECIPES = [Recipe(s, ca, c) for s in Sparsifier for ca in (False, True) for c in Combine]
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
 
 shapes = st.one_of(
@@ -36,13 +34,9 @@ def merge_inputs(draw):
     shape = draw(shapes)
     dtype = DTYPES[draw(st.sampled_from(sorted(DTYPES)))]
     k = draw(st.integers(1, 5))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    base = torch.randn(shape, generator=g).to(dtype)
-    if draw(st.booleans()):
-        deltas = [torch.randint(-3, 4, shape, generator=g).float() * 0.125 for _ in range(k)]
-    else:
-        deltas = [torch.randn(shape, generator=g) * 0.01 for _ in range(k)]
-    tuned = [(base.float() + d).to(dtype) for d in deltas]
+    seed = draw(st.integers(0, 2**31 - 1))
+    kind = "tie-heavy" if draw(st.booleans()) else "smooth"
+    base, tuned = fine_tunes(shape, k, dtype, kind, seed, smooth_scale=0.01, tie_step=0.125)
     return base, tuned, dtype
 
 
@@ -93,7 +87,7 @@ def test_conflict_aware_masks_equal_reference(inputs, data, m):
 
 
 @PROPERTY_SETTINGS
-@given(merge_inputs(), st.data(), st.sampled_from(RECIPES), st.integers(1, 64),
+@given(merge_inputs(), st.data(), st.sampled_from(ALL_RECIPES), st.integers(1, 64),
        st.sampled_from([0.0, 0.7, 1.0, 1.8]), st.booleans(), st.sampled_from([False, None]))
 def test_merge_tensor_equals_reference(inputs, data, recipe, m, lam, normalize, compiled):
     """``compiled=None`` takes the numba n:m kernel where installed, ``False`` the torch path."""
