@@ -229,6 +229,36 @@ def render(out: Path) -> None:
     write_outputs(out, arms, task_names, data["meta"])
 
 
+def regime_record(regime: Regime, raw_tasks, seeds: tuple[int, ...], runs) -> dict:
+    """What a regime's results depend on (``SETTINGS_KEYS``), as results.json records it."""
+    return {
+        "tasks": list(regime.tasks), "seeds": list(seeds),
+        "split_sizes_per_task": {t.name: {split: len(getattr(t, split)[0]) for split in ("train", "val", "test")}
+                                 for t in raw_tasks},
+        "train": asdict(regime.train),
+        "ancestry": json.loads(json.dumps(asdict(regime.ancestry))) if regime.ancestry else None,
+        "runs": [r.label for r in runs], "equal_kept": list(regime.equal_kept),
+    }
+
+
+def run_meta(preset_name: str, command: str, regimes_meta: dict, densities: tuple[float, ...], threads: int,
+             started: float, complete: bool) -> dict:
+    """results.json's ``meta``: the run's settings, its regimes so far, versions and time."""
+    return {
+        "preset": preset_name,
+        "command": command,
+        "regimes": regimes_meta,
+        "densities": list(densities),
+        "block_size": BLOCK_SIZE,
+        "order_density": 0.1,
+        "pooling": "attention-masked mean of last hidden states; one linear head per task",
+        "threads": threads,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "complete": complete,
+        "versions": versions(),
+    }
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.render:
@@ -256,14 +286,7 @@ def main(argv=None) -> None:
         tasks = [encode_task(t, tokenizer, regime.train.max_length) for t in raw_tasks]
         runs = regime_runs(regime, densities, args.methods)
         seeds = tuple(args.seeds or regime.seeds)
-        settings_record = {
-            "tasks": list(regime.tasks), "seeds": list(seeds),
-            "split_sizes_per_task": {t.name: {split: len(getattr(t, split)[0]) for split in ("train", "val", "test")}
-                                     for t in raw_tasks},
-            "train": asdict(regime.train),
-            "ancestry": json.loads(json.dumps(asdict(regime.ancestry))) if regime.ancestry else None,
-            "runs": [r.label for r in runs], "equal_kept": list(regime.equal_kept),
-        }
+        settings_record = regime_record(regime, raw_tasks, seeds, runs)
         kept = finished_regime(previous, regime_name, settings_record, preset_name, densities)
         if kept is not None:
             regimes_meta[regime_name] = kept
@@ -287,19 +310,8 @@ def main(argv=None) -> None:
             regimes_meta[regime_name] = {**settings_record, "command": command, "finished": time.strftime("%Y-%m-%d"),
                                          "wall_seconds": round(time.perf_counter() - regime_start, 1)}
         # Written after every regime, so a run stopped part-way leaves its finished regimes rendered.
-        meta = {
-            "preset": preset_name,
-            "command": command,
-            "regimes": regimes_meta,
-            "densities": list(densities),
-            "block_size": BLOCK_SIZE,
-            "order_density": 0.1,
-            "pooling": "attention-masked mean of last hidden states; one linear head per task",
-            "threads": args.threads,
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "complete": regime_name == args.regimes[-1],
-            "versions": versions(),
-        }
+        meta = run_meta(preset_name, command, regimes_meta, densities, args.threads, started,
+                        complete=regime_name == args.regimes[-1])
         write_outputs(out, arms, task_names, meta)
     (out / "progress.json").unlink(missing_ok=True)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min -> {out}")
