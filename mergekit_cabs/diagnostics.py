@@ -383,6 +383,46 @@ def unmap_safetensors_shards() -> None:
             loader.flush()
 
 
+def common_task_order(config_path: str | Path, jobs: Sequence[TensorJob]) -> tuple:
+    """The fine-tuned models every tensor merges, in order; an error if tensors differ."""
+    task_order = jobs[0].tasks if jobs else ()
+    for job in jobs:
+        if job.tasks != task_order:
+            raise ValueError(
+                f"{config_path}: tensor {job.name} merges models {[str(m) for m in job.tasks]} "
+                f"but the first tensor {[str(m) for m in task_order]}; inspect compares the "
+                "same fine-tuned models everywhere. Use one `models:` list."
+            )
+    return task_order
+
+
+def tally_masks(jobs: Sequence[TensorJob], statistics: MaskStatistics, recipe: Recipe, seed: int,
+                *, device: str, progress: bool) -> tuple[list, list]:
+    """Load each job's tensors, add their masks to ``statistics``; returns the names of the
+    tensors skipped (a missing optional weight, or an integer buffer) and each counted
+    tensor's ``(name, TensorKeepCounts)``."""
+    from tqdm import tqdm
+
+    skipped, counted = [], []
+    shared_results: dict = {}  # the merged tokenizer, built once
+    for job in tqdm(jobs, desc="Inspecting masks", unit="tensor", disable=not progress):
+        tensors = load_tensor_group(job.inputs, shared_results)
+        unmap_safetensors_shards()
+        present = [tensors.get(m) for m in (job.base, *job.tasks)]
+        if any(t is None or not t.is_floating_point() for t in present):
+            skipped.append(job.name)
+            continue
+        base = present[0].to(device=device, dtype=torch.float32)
+        taus = [t.to(device=device, dtype=torch.float32) - base for t in present[1:]]
+        del tensors, present, base
+        counted.append((job.name, tensor_keep_counts(recipe, job.densities, job.block_size,
+                                                     taus[0].numel())))
+        seeds = [tensor_seed(seed, job.name, i) for i in range(len(taus))]
+        statistics.add(job.name, taus, job.densities, job.block_size, seeds)
+        del taus
+    return skipped, counted
+
+
 def inspect_config(
     config_path: str | Path,
     out_dir: str | Path,
@@ -397,39 +437,15 @@ def inspect_config(
     be the merge's (default: torch's initial seed, as the merge uses without the flag).
     """
     from mergekit.options import MergeOptions
-    from tqdm import tqdm
 
     started = time.perf_counter()
     config, info = load_config(config_path)
     jobs = plan_tensor_jobs(config, MergeOptions(device=device))
-    task_order = jobs[0].tasks if jobs else ()
-    for job in jobs:
-        if job.tasks != task_order:
-            raise ValueError(
-                f"{config_path}: tensor {job.name} merges models {[str(m) for m in job.tasks]} "
-                f"but the first tensor {[str(m) for m in task_order]}; inspect compares the "
-                "same fine-tuned models everywhere. Use one `models:` list."
-            )
+    task_order = common_task_order(config_path, jobs)
     seed = torch.initial_seed() if random_seed is None else random_seed
     balance_block_size = next((j.block_size for j in jobs if j.block_size), default_block_size())
     statistics = MaskStatistics(info.recipe, [str(m) for m in task_order], balance_block_size)
-    skipped, counted = [], []
-    shared_results: dict = {}  # the merged tokenizer, built once
-    for job in tqdm(jobs, desc="Inspecting masks", unit="tensor", disable=not progress):
-        tensors = load_tensor_group(job.inputs, shared_results)
-        unmap_safetensors_shards()
-        present = [tensors.get(m) for m in (job.base, *job.tasks)]
-        if any(t is None or not t.is_floating_point() for t in present):
-            skipped.append(job.name)  # a missing optional weight, or an integer buffer
-            continue
-        base = present[0].to(device=device, dtype=torch.float32)
-        taus = [t.to(device=device, dtype=torch.float32) - base for t in present[1:]]
-        del tensors, present, base
-        counted.append((job.name, tensor_keep_counts(info.recipe, job.densities, job.block_size,
-                                                     taus[0].numel())))
-        seeds = [tensor_seed(seed, job.name, i) for i in range(len(taus))]
-        statistics.add(job.name, taus, job.densities, job.block_size, seeds)
-        del taus
+    skipped, counted = tally_masks(jobs, statistics, info.recipe, seed, device=device, progress=progress)
     if not statistics.total.elements:
         raise ValueError(f"{config_path}: no floating-point tensor is present in the base and "
                          "every fine-tuned model; check the models' paths and files.")

@@ -24,7 +24,7 @@ from mergekit.merge_methods.base import (
 )
 
 from mergekit_cabs import merge_log
-from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor, tensor_seed
+from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, merge_tensor, tensor_seed
 from mergekit_cabs.validation import (
     MergeConfigError,
     agreed_buffer,
@@ -140,13 +140,15 @@ class SparseTaskArithmeticMerge(GroupMergeMethod):
             self.info.recipe,
             group.base.tensor,
             [e.tensor for e in entries],
-            weights=[params["weight"][e.id] for e in entries],
-            densities=densities,
-            block_size=block_size,
-            lam=params["lambda"],
-            normalize=params["normalize"],
-            seeds=[tensor_seed(seed, name, i) for i in range(len(entries))],
-            chunk_blocks=max(1, CHUNK_ELEMENTS // block_size),
+            MergeArgs(
+                weights=[params["weight"][e.id] for e in entries],
+                densities=densities,
+                block_size=block_size,
+                lam=params["lambda"],
+                normalize=params["normalize"],
+                seeds=[tensor_seed(seed, name, i) for i in range(len(entries))],
+                chunk_blocks=max(1, CHUNK_ELEMENTS // block_size),
+            ),
         )
         # A NaN or inf in any input reaches the result (dropped entries are tau * 0), so one
         # pass over the result stands in for one per input; those are read only to name it.

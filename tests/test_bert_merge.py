@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_mergekit_yaml, write_config
-from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, keep_count, merge_tensor
+from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, keep_count, merge_tensor
 from mergekit_cabs.tiny_models import load_state
 
 # Subprocess merges: the full suite only (`-m "not slow"` skips them).
@@ -85,6 +85,6 @@ def test_cabs_merges_bert_as_the_kernels_do(tiny_bert_family, tmp_path):
     for name, value in base.items():
         if not value.is_floating_point():
             continue
-        want = merge_tensor(recipe, value, [t[name] for t in tuned], weights=[WEIGHT] * 2,
-                            densities=[DENSITY] * 2, block_size=BLOCK_SIZE)
+        want = merge_tensor(recipe, value, [t[name] for t in tuned], MergeArgs(weights=[WEIGHT] * 2,
+                            densities=[DENSITY] * 2, block_size=BLOCK_SIZE))
         torch.testing.assert_close(merged[name], want, rtol=1e-6, atol=1e-6, msg=name)

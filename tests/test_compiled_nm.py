@@ -13,9 +13,9 @@ import torch
 import mergekit_cabs
 from inputs import ALL_RECIPES, fine_tunes, recipe_id
 from mergekit_cabs import kernels
-from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
+from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, merge_tensor
 
-compiled_nm = pytest.importorskip("mergekit_cabs.compiled_nm")
+compiled = pytest.importorskip("mergekit_cabs.kernels.compiled")
 
 # A 144-case bit-for-bit sweep and a cold JIT compile in a subprocess (minutes on 2 cores): the full suite only; the unit tier
 # reaches the compiled path through tests/test_properties.py.
@@ -41,9 +41,9 @@ def merge_both_ways(recipe, case, dtype, kind, normalize, seed, chunk_blocks=7):
     shape, k, block_size, densities, weights = case
     base, tuned = fine_tunes(shape, k, dtype, kind, seed)
     seeds = [1000 * seed + i for i in range(k)]
-    args = (recipe, base, tuned, weights, densities, block_size, 0.8, normalize, seeds)
-    return (merge_tensor(*args, chunk_blocks=chunk_blocks, compiled=True),
-            merge_tensor(*args, compiled=False))
+    args = (weights, densities, block_size, 0.8, normalize, seeds)
+    return (merge_tensor(recipe, base, tuned, MergeArgs(*args, chunk_blocks=chunk_blocks, compiled=True)),
+            merge_tensor(recipe, base, tuned, MergeArgs(*args, compiled=False)))
 
 
 @pytest.mark.parametrize("recipe", ALL_RECIPES, ids=recipe_id)
@@ -61,25 +61,25 @@ def test_random_draws_in_the_kernel_equal_random_scores():
     seed, first, length = 12345, (1 << 32) - 3000, 3000  # up to the last position a draw covers
     k1, k2 = kernels.random_score_keys(seed)
     draws = np.empty(length, np.float32)
-    compiled_nm._random_draws(np.uint64(k1), np.uint64(k2), first, length, draws)
+    compiled._random_draws(np.uint64(k1), np.uint64(k2), first, length, draws)
     expected = kernels.random_scores((length,), seed, torch.device("cpu"), offset=first)
     assert torch.equal(torch.from_numpy(draws).view(torch.int32), expected.view(torch.int32))
 
 
-@pytest.mark.skipif(compiled_nm.numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+@pytest.mark.skipif(compiled.numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
 @pytest.mark.parametrize("recipe", [Recipe(Sparsifier.NM, True, Combine.SUM),
                                     Recipe(Sparsifier.MAGNITUDE, True, Combine.TIES),
                                     Recipe(Sparsifier.RANDOM, True, Combine.SUM)],
                          ids=lambda r: r.sparsifier.name)
 def test_compiled_merge_does_not_depend_on_the_thread_count(recipe):
     base, tuned = fine_tunes((301, 203), 3, torch.bfloat16, "tie-heavy", seed=3)
-    args = (recipe, base, tuned, [1.0, 0.8, 1.2], [0.25, 0.3, 0.2], 64, 1.0, False, [7, 8, 9])
+    args = MergeArgs([1.0, 0.8, 1.2], [0.25, 0.3, 0.2], 64, 1.0, False, [7, 8, 9], compiled=True)
     threads = torch.get_num_threads()
     try:
         results = []
         for count in (1, 2):
             torch.set_num_threads(count)  # the compiled kernels follow torch's thread count
-            results.append(merge_tensor(*args, compiled=True))
+            results.append(merge_tensor(recipe, base, tuned, args))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(bits(results[0]), bits(results[1]))
@@ -97,25 +97,24 @@ def test_compiled_nm_merge_does_not_depend_on_chunking():
 
 def test_torch_kernels_switch_turns_the_compiled_path_off(monkeypatch):
     monkeypatch.setenv(kernels.TORCH_KERNELS_ENV, "1")
-    kernels.compiled_nm_module.cache_clear()
+    kernels.compiled_module.cache_clear()
     try:
-        assert kernels.compiled_nm_module() is None
+        assert kernels.compiled_module() is None
         base, tuned = fine_tunes((8, 8), 1, torch.float32, "smooth", seed=0)
         with pytest.raises(RuntimeError, match=kernels.TORCH_KERNELS_ENV):
-            merge_tensor(Recipe(Sparsifier.NM, False, Combine.SUM), base, tuned, [1.0], [0.5], 8,
-                         compiled=True)
+            merge_tensor(Recipe(Sparsifier.NM, False, Combine.SUM), base, tuned, MergeArgs([1.0], [0.5], 8,
+                         compiled=True))
     finally:
-        kernels.compiled_nm_module.cache_clear()
+        kernels.compiled_module.cache_clear()
 
 
 CACHE_PROBE = """
 import torch
-from mergekit_cabs import compiled_nm
-from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
+from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, compiled, merge_tensor
 base = torch.zeros(64)
-merge_tensor(Recipe(Sparsifier.NM, False, Combine.SUM), base, [base + 1], [1.0], [0.5], 16, compiled=True)
-stats = compiled_nm._nm_merge.stats
-print(compiled_nm.__file__, sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+merge_tensor(Recipe(Sparsifier.NM, False, Combine.SUM), base, [base + 1], MergeArgs([1.0], [0.5], 16, compiled=True))
+stats = compiled._nm_merge.stats
+print(compiled.__file__, sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
 """
 
 
@@ -125,7 +124,9 @@ def test_jit_cache_works_when_the_package_directory_is_read_only(tmp_path):
     package = tmp_path / "site" / "mergekit_cabs"
     shutil.copytree(Path(mergekit_cabs.__file__).parent, package,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (package / "__pycache__").write_text("")  # not a directory: unwritable even for root
+    kernels_dir = package / "kernels"  # the compiled module's directory, where numba writes first
+    (kernels_dir / "__pycache__").write_text("")  # not a directory: unwritable even for root
+    kernels_dir.chmod(0o555)
     package.chmod(0o555)
     cache_home = tmp_path / "cache"
     env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
@@ -135,11 +136,12 @@ def test_jit_cache_works_when_the_package_directory_is_read_only(tmp_path):
                                env=env, cwd=tmp_path, timeout=600) for _ in range(2)]
     finally:
         package.chmod(0o755)
+        kernels_dir.chmod(0o755)
     for run in runs:
         assert run.returncode == 0, run.stderr
     (first_file, first_hits, first_misses), (_, second_hits, second_misses) = (
         run.stdout.split() for run in runs)
-    assert Path(first_file).parent == package
+    assert Path(first_file).parent == kernels_dir
     assert (first_hits, first_misses) == ("0", "1")
     assert (second_hits, second_misses) == ("1", "0")
     assert any((cache_home / "numba").rglob("*.nbi"))

@@ -15,6 +15,7 @@ from mergekit_cabs.kernels import (
     conflict_aware_masks,
     keep_count,
     magnitude_mask,
+    MergeArgs,
     merge_tensor,
     nm_mask,
     random_mask,
@@ -161,8 +162,8 @@ def test_merge_tensor_equals_reference(recipe):
     if recipe.sparsifier is Sparsifier.RANDOM:
         scores = [random_scores(base.shape, s, base.device).reshape(-1).tolist() for s in seeds]
     for normalize in (False, True):
-        got = merge_tensor(recipe, base, tuned, weights, densities, block_size=8, lam=0.7,
-                           normalize=normalize, seeds=seeds)
+        got = merge_tensor(recipe, base, tuned, MergeArgs(weights, densities, block_size=8, lam=0.7,
+                           normalize=normalize, seeds=seeds))
         want = reference.merge(base, tuned, weights, densities, sparsifier=recipe.sparsifier.value,
                                conflict_aware=recipe.conflict_aware, combine=recipe.combine.value,
                                block_size=8, lam=0.7, normalize=normalize, scores=scores)
@@ -181,15 +182,15 @@ def test_a_non_finite_input_value_reaches_the_merged_tensor(recipe, compiled):
                 inputs = [base] + [base + tau for tau in task_vectors(3, (6, 22), seed=12)]
                 inputs = [t.to(dtype) for t in inputs]
                 inputs[model][2, 3] = bad
-                merged = merge_tensor(recipe, inputs[0], inputs[1:], [1.0, 0.0, 0.5], [0.1, 0.1, 0.1],
-                                      block_size=8, lam=0.7, seeds=[1, 2, 3], compiled=compiled)
+                merged = merge_tensor(recipe, inputs[0], inputs[1:], MergeArgs([1.0, 0.0, 0.5], [0.1, 0.1, 0.1],
+                                      block_size=8, lam=0.7, seeds=[1, 2, 3], compiled=compiled))
                 assert not bool(torch.isfinite(merged).all()), (dtype, model, bad)
 
 
 def test_lambda_zero_returns_base_bytes():
     base = torch.randn(8, 32).to(torch.bfloat16)
     tuned = [base + 0.1 for _ in range(2)]
-    out = merge_tensor(Recipe(Sparsifier.NM, True, Combine.SUM), base, tuned, [1.0, 1.0], [0.25, 0.25], 16, lam=0.0)
+    out = merge_tensor(Recipe(Sparsifier.NM, True, Combine.SUM), base, tuned, MergeArgs([1.0, 1.0], [0.25, 0.25], 16, lam=0.0))
     assert torch.equal(out.view(torch.int16), base.view(torch.int16))
 
 
@@ -198,9 +199,9 @@ def test_output_keeps_input_dtype_and_equals_float32_result_rounded(dtype):
     base = torch.randn(8, 32).to(dtype)
     tuned = [(base.float() + torch.randn(8, 32) * 0.1).to(dtype) for _ in range(2)]
     recipe = Recipe(Sparsifier.NM, True, Combine.TIES)
-    out = merge_tensor(recipe, base, tuned, [1.0, 1.0], [0.25, 0.25], 16)
+    out = merge_tensor(recipe, base, tuned, MergeArgs([1.0, 1.0], [0.25, 0.25], 16))
     assert out.dtype == dtype
-    full = merge_tensor(recipe, base.float(), [t.float() for t in tuned], [1.0, 1.0], [0.25, 0.25], 16)
+    full = merge_tensor(recipe, base.float(), [t.float() for t in tuned], MergeArgs([1.0, 1.0], [0.25, 0.25], 16))
     assert torch.equal(out, full.to(dtype))
 
 
@@ -209,17 +210,18 @@ def test_chunking_does_not_change_the_result(chunk_blocks):
     base = torch.randn(37, 29)
     tuned = [base + t for t in task_vectors(3, (37, 29), seed=12)]
     recipe = Recipe(Sparsifier.NM, True, Combine.TIES)
-    args = (recipe, base, tuned, [1.2, 1.2, 1.0], [0.3, 0.3, 0.3], 16)
-    assert torch.equal(merge_tensor(*args, chunk_blocks=chunk_blocks), merge_tensor(*args))
+    args = ([1.2, 1.2, 1.0], [0.3, 0.3, 0.3], 16)
+    assert torch.equal(merge_tensor(recipe, base, tuned, MergeArgs(*args, chunk_blocks=chunk_blocks)),
+                       merge_tensor(recipe, base, tuned, MergeArgs(*args)))
 
 
 def test_merge_is_deterministic_across_runs():
     base = torch.randn(64, 64).to(torch.bfloat16)
     tuned = [(base.float() + t).to(torch.bfloat16) for t in tie_heavy_task_vectors(3, (64, 64), seed=13)]
     for recipe in ALL_RECIPES:
-        args = (recipe, base, tuned, [1.0] * 3, [0.3] * 3, 32)
-        a = merge_tensor(*args, seeds=[1, 2, 3])
-        b = merge_tensor(*args, seeds=[1, 2, 3])
+        args = MergeArgs([1.0] * 3, [0.3] * 3, 32, seeds=[1, 2, 3])
+        a = merge_tensor(recipe, base, tuned, args)
+        b = merge_tensor(recipe, base, tuned, args)
         assert torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
@@ -238,9 +240,9 @@ def test_cuda_masks_equal_cpu_masks_and_merges_agree(recipe):
     for cpu, cuda in zip(cpu_masks, cuda_masks):
         assert torch.equal(cpu, cuda.cpu())
     tuned = [(base.float() + t).to(torch.bfloat16) for t in taus]
-    args = (recipe, base, tuned, [1.0, 0.8, 1.2], densities, 16, 0.9, False, seeds)
-    on_cpu = merge_tensor(*args)
-    on_cuda = merge_tensor(recipe, base.cuda(), [t.cuda() for t in tuned], *args[3:])
+    args = MergeArgs([1.0, 0.8, 1.2], densities, 16, 0.9, False, seeds)
+    on_cpu = merge_tensor(recipe, base, tuned, args)
+    on_cuda = merge_tensor(recipe, base.cuda(), [t.cuda() for t in tuned], args)
     assert on_cuda.device.type == "cuda" and on_cuda.dtype == torch.bfloat16
     torch.testing.assert_close(on_cuda.cpu().float(), on_cpu.float(), rtol=1e-2, atol=1e-6)
 

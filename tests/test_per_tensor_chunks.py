@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inputs import PER_TENSOR_RECIPES, recipe_id, zero_heavy_tie_heavy_fine_tunes
-from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, masked_merge, merge_tensor, task_masks
+from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, masked_merge, merge_tensor, task_masks
 
 DENSITY_SETS = {
     "disjoint": [0.25, 0.3, 0.2, 0.1, 0.15],
@@ -23,7 +23,8 @@ def whole_tensor_merge(recipe, base, tuned, weights, densities, seeds):
     base32 = base.reshape(-1).float()
     taus = [t.reshape(-1).float() - base32 for t in tuned]
     masks = task_masks(recipe, taus, densities, 1, seeds)
-    merged = masked_merge(recipe, base32, taus, masks, weights, densities, 0.7, recipe.combine is Combine.TIES)
+    merged = masked_merge(recipe, base32, taus, masks,
+                          MergeArgs(weights, densities, lam=0.7, normalize=recipe.combine is Combine.TIES))
     return merged.to(base.dtype).view(base.shape)
 
 
@@ -39,8 +40,8 @@ def test_chunked_per_tensor_merge_equals_whole_tensor_kernels(recipe, densities)
         weights, seeds = [1.0, 0.8, 1.3, 0.5, 1.1][:k], [5, 6, 7, 8, 9][:k]
         want = whole_tensor_merge(recipe, base, tuned, weights, densities[:k], seeds)
         for chunk in (7, 64):  # both split runs of tied keys across chunks
-            got = merge_tensor(recipe, base, tuned, weights, densities[:k], 1, 0.7,
-                               recipe.combine is Combine.TIES, seeds, chunk_blocks=chunk, compiled=False)
+            got = merge_tensor(recipe, base, tuned, MergeArgs(weights, densities[:k], 1, 0.7,
+                               recipe.combine is Combine.TIES, seeds, chunk_blocks=chunk, compiled=False))
             assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (k, chunk)
 
 
@@ -49,7 +50,7 @@ def test_masks_of_more_than_eight_models_span_a_second_byte_plane(recipe):
     base, tuned = zero_heavy_tie_heavy_fine_tunes(10, (23, 11), 0.3, seed=10)
     weights, densities, seeds = [1.0] * 10, [0.1] * 10, list(range(10))
     want = whole_tensor_merge(recipe, base, tuned, weights, densities, seeds)
-    got = merge_tensor(recipe, base, tuned, weights, densities, 1, 0.7, True, seeds, chunk_blocks=50, compiled=False)
+    got = merge_tensor(recipe, base, tuned, MergeArgs(weights, densities, 1, 0.7, True, seeds, chunk_blocks=50, compiled=False))
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
 
 
@@ -60,16 +61,16 @@ def test_cuda_chunked_per_tensor_merge_equals_cpu_bit_for_bit(recipe):
     # difference is a different mask, not rounding.
     base, tuned = zero_heavy_tie_heavy_fine_tunes(3, (37, 29), 0.5, seed=3)
     args = ([1.0] * 3, DENSITY_SETS["overlap"][:3], 1, 1.0, False, [5, 6, 7])
-    on_cpu = merge_tensor(recipe, base, tuned, *args, chunk_blocks=64, compiled=False)
-    on_cuda = merge_tensor(recipe, base.cuda(), [t.cuda() for t in tuned], *args, chunk_blocks=64)
+    on_cpu = merge_tensor(recipe, base, tuned, MergeArgs(*args, chunk_blocks=64, compiled=False))
+    on_cuda = merge_tensor(recipe, base.cuda(), [t.cuda() for t in tuned], MergeArgs(*args, chunk_blocks=64))
     assert torch.equal(on_cuda.cpu().view(torch.int16), on_cpu.view(torch.int16))
 
 
 def test_ties_at_the_threshold_go_to_the_lowest_indices_across_chunks():
     base = torch.zeros(10)
     tuned = [torch.ones(10)]
-    got = merge_tensor(Recipe(Sparsifier.MAGNITUDE, False, Combine.SUM), base, tuned, [1.0], [0.3],
-                       chunk_blocks=2, compiled=False)
+    got = merge_tensor(Recipe(Sparsifier.MAGNITUDE, False, Combine.SUM), base, tuned, MergeArgs([1.0], [0.3],
+                       chunk_blocks=2, compiled=False))
     assert got.tolist() == [1.0, 1.0, 1.0] + [0.0] * 7
 
 
@@ -77,7 +78,7 @@ def test_ties_at_the_threshold_go_to_the_lowest_indices_across_chunks():
 # so that freed memory leaves the RSS and the peak counts only what the merge held at once.
 MEASURE_MERGE = """
 import pathlib, torch
-from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, merge_tensor
+from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, merge_tensor
 def peak_kib():
     status = pathlib.Path("/proc/self/status").read_text().splitlines()
     return int(next(x for x in status if x.startswith("VmHWM:")).split()[1])
@@ -87,8 +88,8 @@ base = torch.randn(numel, generator=g).to(torch.bfloat16)
 tuned = [(base.float() + torch.randn(numel, generator=g) * 0.01).to(torch.bfloat16) for _ in range(3)]
 pathlib.Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
 before = peak_kib()
-out = merge_tensor(Recipe(Sparsifier.MAGNITUDE, True, Combine.TIES), base, tuned, [1.0] * 3, [0.3] * 3,
-                   normalize=True, chunk_blocks=1 << 14, compiled=False)
+out = merge_tensor(Recipe(Sparsifier.MAGNITUDE, True, Combine.TIES), base, tuned, MergeArgs([1.0] * 3, [0.3] * 3,
+                   normalize=True, chunk_blocks=1 << 14, compiled=False))
 extra = (peak_kib() - before) * 1024 - out.numel() * out.element_size()
 print(extra / (4 * numel))
 """

@@ -12,6 +12,7 @@ from mergekit_cabs.kernels import (
     conflict_aware_masks,
     keep_count,
     magnitude_mask,
+    MergeArgs,
     merge_tensor,
     nm_mask,
     random_mask,
@@ -98,9 +99,9 @@ def test_merge_tensor_equals_reference(inputs, data, recipe, m, lam, normalize, 
     scores = None
     if recipe.sparsifier is Sparsifier.RANDOM:
         scores = [random_scores(base.shape, s, base.device).reshape(-1).tolist() for s in seeds]
-    got = merge_tensor(recipe, base, tuned, weights, ds, block_size=m, lam=lam,
+    got = merge_tensor(recipe, base, tuned, MergeArgs(weights, ds, block_size=m, lam=lam,
                        normalize=normalize, seeds=seeds, chunk_blocks=data.draw(st.integers(1, 8)),
-                       compiled=compiled)
+                       compiled=compiled))
     want = reference.merge(base, tuned, weights, ds, sparsifier=recipe.sparsifier.value,
                            conflict_aware=recipe.conflict_aware, combine=recipe.combine.value,
                            block_size=m, lam=lam, normalize=normalize, scores=scores)

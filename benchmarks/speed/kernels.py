@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 from mergekit_cabs.kernels import (
-    compiled_nm_module,
+    MergeArgs,
+    compiled_module,
     conflict_aware_masks,
     keep_count,
     magnitude_mask,
@@ -47,7 +48,7 @@ FUSED_NM_ONE = "fused n:m merge, 1 task"
 def set_threads(threads: int) -> None:
     """Thread count for torch and, when installed, numba (the compiled kernel's pool)."""
     torch.set_num_threads(threads)
-    if compiled_nm_module() is not None:
+    if compiled_module() is not None:
         import numba
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -95,9 +96,9 @@ def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object
     def fused(compiled=None, method="cabs", tasks=TASKS):
         # The call methods.py makes under mergekit-yaml (compiled=None: its default choice).
         recipe = METHODS_BY_NAME[method].recipe
-        return lambda: merge_tensor(recipe, base, tuned[:tasks], [1.0] * tasks, [DENSITY] * tasks,
+        return lambda: merge_tensor(recipe, base, tuned[:tasks], MergeArgs([1.0] * tasks, [DENSITY] * tasks,
                                     BLOCK_SIZE, seeds=list(range(tasks)), compiled=compiled,
-                                    chunk_blocks=max(1, CHUNK_ELEMENTS // BLOCK_SIZE))
+                                    chunk_blocks=max(1, CHUNK_ELEMENTS // BLOCK_SIZE)))
 
     merge_bytes = (1 + TASKS) * 2 + 2
     table = {
@@ -116,7 +117,7 @@ def cases(base, tuned, taus, device: str) -> dict[str, tuple[Callable[[], object
         f"{FUSED_DARE} (default path)": (fused(method="ca_dare_linear"), merge_bytes, TASKS),
         f"{FUSED_DARE} (torch path)": (fused(False, "ca_dare_linear"), merge_bytes, TASKS),
     }
-    if device == "cpu" and compiled_nm_module() is not None:
+    if device == "cpu" and compiled_module() is not None:
         table[f"{FUSED} (compiled path)"] = (fused(compiled=True), merge_bytes, TASKS)
     return table
 

@@ -1,13 +1,16 @@
-"""``kernels.merge_chunk`` compiled with numba, bit for bit.
+"""The compiled path: the torch path's ``merge_chunk`` in numba, bit for bit.
 
 numba is a dependency, so this is the default CPU path; ``MERGEKIT_CABS_TORCH_KERNELS=1``
-(read by ``kernels.compiled_nm_module``) forces the torch path instead.
+(read by ``dispatch.compiled_module``) forces the torch path instead. ``supports`` says per
+recipe and tensors whether this path implements the merge: the sparsifiers of ``_KERNELS``
+and the combines of ``_TIES_FLAG``, on CPU float32/bfloat16 tensors. Any other recipe runs
+on the torch path, so a sparsifier added there never runs here ranked by ``|tau|``.
 
 Both kernels work on tiles of the flat tensors: base and task vectors are read once per tile
 into float32 scratch (``tau = f32(tuned) - f32(base)``), each task's keys are formed as in
-``kernels`` (float32 bits of ``|tau|`` or of a random draw; free positions lifted by
-``_CLAIMED_OFFSET`` above every claimed one), winners are selected, and the tile is combined
-with the float32 operations, in order, of ``kernels.linear_combine`` / ``kernels.ties_combine``.
+``rules`` (float32 bits of ``|tau|`` or of a random draw; free positions lifted by
+``CLAIMED_OFFSET`` above every claimed one), winners are selected, and the tile is combined
+with the float32 operations, in order, of ``combine.linear_combine`` / ``combine.ties_combine``.
 
 * n:m (``_nm_merge``): each block's threshold by a search of vectorised counts (galloping
   from the last block's threshold, then bisection, stopping as soon as a count hits the
@@ -19,7 +22,9 @@ with the float32 operations, in order, of ``kernels.linear_combine`` / ``kernels
   task and element (the masks).
 
 Tensors reach the kernels as raw addresses, so one compiled specialisation serves every
-dtype and every number of tasks (a tuple of arrays would compile again for each ``k``).
+dtype and every number of tasks (a tuple of arrays would compile again for each ``k``); the
+kernels' arguments travel in the named tuples ``_Sources``, ``_Blocks``, ``_Ranking`` and
+``_CombineParams``, whose field types do not depend on ``k`` either.
 
 The JIT cache is written beside this module, or, where that is not writable (a read-only
 site-packages), to numba's user-wide cache directory (``tests/test_compiled_nm.py`` checks it).
@@ -27,7 +32,8 @@ site-packages), to numba's user-wide cache directory (``tests/test_compiled_nm.p
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
 import numba
 import numpy as np
@@ -36,19 +42,41 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from mergekit_cabs.kernels import (
-    _CLAIMED_OFFSET,
+from mergekit_cabs.kernels.rules import (
+    CLAIMED_OFFSET,
     MIX32_MULTIPLIERS,
     MIX32_SHIFTS,
     RANDOM_SCORE_BITS,
+    Combine,
+    MergeArgs,
+    Recipe,
+    Sparsifier,
+    normalizer,
     random_score_keys,
     tail_keep_counts,
 )
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
+
+@dataclass(frozen=True)
+class _Kernel:
+    """How a sparsifier runs here: in n:m blocks (``_nm_merge``) or in one block spanning
+    the tensor (``_tensor_merge``), ranked by ``|tau|`` or by random draws."""
+
+    blocks: bool
+    random_draws: bool
+
+
+_KERNELS = {
+    Sparsifier.NM: _Kernel(blocks=True, random_draws=False),
+    Sparsifier.MAGNITUDE: _Kernel(blocks=False, random_draws=False),
+    Sparsifier.RANDOM: _Kernel(blocks=False, random_draws=True),
+}
+_TIES_FLAG = {Combine.SUM: False, Combine.TIES: True}  # the combines ``_combine_tile`` implements
+
 _TILE = 4096  # elements per tile: scratch of k + 3 float32 rows stays in L1/L2
-_OFFSET = np.uint32(_CLAIMED_OFFSET)
+_OFFSET = np.uint32(CLAIMED_OFFSET)
 _NO_KEY = np.uint32(0xFFFFFFFF)  # above every key (the largest is a free NaN, 0xFF800000)
 _ABS = np.uint32(0x7FFFFFFF)
 _U32 = np.uint64(0xFFFFFFFF)
@@ -58,6 +86,46 @@ _DRAW_SHIFT = np.uint64(32 - RANDOM_SCORE_BITS)
 _DRAW_STEP = np.float32(2.0 ** -RANDOM_SCORE_BITS)
 _GALLOP_STEP = np.int64(1 << 20)  # first step away from a block's hint: ~1/8 of a binade of keys
 _RADIX_BITS = 16  # per-tensor selection: two histogram passes of 2^16 bins
+
+
+class _Sources(NamedTuple):
+    """The flat input tensors: ``addresses`` (int64: base, then the ``k`` fine-tunes),
+    ``bf16`` (else float32), ``numel``."""
+
+    addresses: np.ndarray
+    bf16: bool
+    numel: int
+
+
+class _Blocks(NamedTuple):
+    """n:m selection: task ``i`` keeps ``ns[i]`` of every full block of ``block_size``,
+    ``tail_ns[i]`` of the short last one; claimed positions rank last if ``conflict_aware``."""
+
+    ns: np.ndarray
+    tail_ns: np.ndarray
+    block_size: int
+    conflict_aware: bool
+
+
+class _Ranking(NamedTuple):
+    """Per-tensor selection: task ``i`` keeps its ``quotas[i]`` largest keys, of its random
+    draws when ``draw_keys`` holds a ``(k1, k2)`` row per task, else of ``|tau_i|``."""
+
+    quotas: np.ndarray
+    draw_keys: np.ndarray
+    conflict_aware: bool
+
+
+class _CombineParams(NamedTuple):
+    """``s_i * w_i`` (``scales``), ``w_i`` (``weights``), ``lam``, TIES or sum (``ties``),
+    ``normalize`` and the linear combine's divisor ``norm_total``, in float32."""
+
+    scales: np.ndarray
+    weights: np.ndarray
+    lam: np.float32
+    ties: bool
+    normalize: bool
+    norm_total: np.float32
 
 
 @intrinsic
@@ -95,7 +163,7 @@ def _load_tau(address, start, length, bf16, base_vals, tau):
 
 @njit(cache=True)
 def _mix32(x):
-    """``kernels.mix32`` of a 32-bit word held in uint64."""
+    """``rules.mix32`` of a 32-bit word held in uint64."""
     x ^= x >> _SHIFTS[0]
     x = (x * _MULTIPLIERS[0]) & _U32
     x ^= x >> _SHIFTS[1]
@@ -105,7 +173,7 @@ def _mix32(x):
 
 @njit(cache=True)
 def _random_draws(k1, k2, first, length, tile):
-    """``kernels.random_scores`` of positions ``first..first+length``:
+    """``masks.random_scores`` of positions ``first..first+length``:
     ``u = (mix32((mix32(p ^ k1) + k2) mod 2^32) >> 8) * 2^-24``."""
     for j in range(length):
         position = np.uint64(first + j)
@@ -115,8 +183,8 @@ def _random_draws(k1, k2, first, length, tile):
 
 @njit(cache=True)
 def _lifted_keys(score_bits, free_offset, length, keys):
-    """``keys[j]`` = float32 bits of ``|score_j|`` + ``free_offset[j]``: ``kernels``' key
-    (claimed positions minus ``_CLAIMED_OFFSET``) shifted up by that offset to stay unsigned;
+    """``keys[j]`` = float32 bits of ``|score_j|`` + ``free_offset[j]``: the torch path's key
+    (claimed positions minus ``CLAIMED_OFFSET``) shifted up by that offset to stay unsigned;
     free positions (offset) rank above every claimed one (0), order otherwise unchanged."""
     for j in range(length):
         keys[j] = (score_bits[j] & _ABS) + free_offset[j]
@@ -219,13 +287,21 @@ def _select(keys, tau, length, threshold, room, ties_seen, kept):
 
 
 @njit(cache=True)
-def _combine_tile(base_vals, taus, kept, length, scales, weights, lam, ties, normalize,
-                  norm_total, total, merged, divisor, out):
+def _combine_scratch(size):
+    """Scratch of ``_combine_tile``: the running total, the merged sum and the TIES divisor."""
+    return np.empty(size, np.float32), np.empty(size, np.float32), np.empty(size, np.float32)
+
+
+@njit(cache=True)
+def _combine_tile(params, base_vals, taus, kept, length, scratch, out):
     """``out[:length] = base + lam * combine(deltas)`` with ``deltas_i = (tau_i * s_i) * kept_i``
     (a dropped entry is a signed zero; a non-finite one stays non-finite), ``combine`` the
-    float32 operations, in order, of ``kernels.ties_combine`` (sign election, agreeing sum,
-    optional division by the agreeing weights) or ``kernels.linear_combine`` (sum, optional
-    division by ``norm_total``). Overwrites ``taus`` with the deltas."""
+    float32 operations, in order, of ``combine.ties_combine`` (sign election, agreeing sum,
+    optional division by the agreeing weights) or ``combine.linear_combine`` (sum, optional
+    division by ``norm_total``); ``params`` a ``_CombineParams``. Overwrites ``taus`` with
+    the deltas."""
+    scales, weights, lam, ties, normalize, norm_total = params
+    total, merged, divisor = scratch
     k = taus.shape[0]
     for i in range(k):
         for j in range(length):
@@ -255,12 +331,13 @@ def _combine_tile(base_vals, taus, kept, length, scales, weights, lam, ties, nor
 
 
 @njit(parallel=True, cache=True)
-def _nm_merge(addresses, bf16, numel, ns, tail_ns, block_size, scales, weights, lam, ties,
-              normalize, norm_total, conflict_aware, n_groups, out):
-    """n:m merge of the flat tensors at ``addresses`` (base, then the ``k`` fine-tunes):
-    task ``i`` keeps ``ns[i]`` of every full block (``tail_ns[i]`` of the short last one),
-    in order, a position kept by an earlier task ranking below every free one when
-    ``conflict_aware``. Thread groups take contiguous runs of whole tiles of whole blocks."""
+def _nm_merge(sources, blocks, params, n_groups, out):
+    """n:m merge (``blocks``, a ``_Blocks``) of the flat tensors of ``sources``: task ``i``
+    keeps ``ns[i]`` of every full block (``tail_ns[i]`` of the short last one), in order, a
+    position kept by an earlier task ranking below every free one when ``conflict_aware``.
+    Thread groups take contiguous runs of whole tiles of whole blocks."""
+    addresses, bf16, numel = sources
+    ns, tail_ns, block_size, conflict_aware = blocks
     k = addresses.shape[0] - 1
     n_blocks = (numel + block_size - 1) // block_size
     tile_blocks = max(1, _TILE // block_size)
@@ -272,9 +349,7 @@ def _nm_merge(addresses, bf16, numel, ns, tail_ns, block_size, scales, weights, 
         keys = np.empty(tile_size, np.uint32)
         free_offset = np.empty(tile_size, np.uint32)
         hints = np.zeros(k, np.int64)  # each task's last threshold: the next block's first probe
-        total = np.empty(tile_size, np.float32)
-        merged = np.empty(tile_size, np.float32)
-        divisor = np.empty(tile_size, np.float32)
+        scratch = _combine_scratch(tile_size)
         first_block = group * n_blocks // n_groups
         stop_block = (group + 1) * n_blocks // n_groups
         for tile_block in range(first_block, stop_block, tile_blocks):
@@ -299,8 +374,7 @@ def _nm_merge(addresses, bf16, numel, ns, tail_ns, block_size, scales, weights, 
                 if conflict_aware:
                     for j in range(length):
                         free_offset[j] = np.uint32(0) if kept[i, j] != 0 else free_offset[j]
-            _combine_tile(base_vals, taus, kept, length, scales, weights, lam, ties, normalize,
-                          norm_total, total, merged, divisor, out[start:start + length])
+            _combine_tile(params, base_vals, taus, kept, length, scratch, out[start:start + length])
 
 
 @njit(cache=True)
@@ -312,7 +386,7 @@ def _group_span(group, n_groups, numel):
 
 @njit(cache=True)
 def _free_offsets(claims, task, start, length, conflict_aware, free_offset):
-    """``free_offset[j]`` = ``_CLAIMED_OFFSET`` unless a task before ``task`` kept position
+    """``free_offset[j]`` = ``CLAIMED_OFFSET`` unless a task before ``task`` kept position
     ``start + j`` (bit ``i`` of ``claims[i // 8]``) and the merge is conflict-aware, else 0."""
     free_offset[:length] = _OFFSET
     if not conflict_aware or task == 0:
@@ -333,10 +407,13 @@ def _tile_key_buffers():
 
 
 @njit(cache=True)
-def _task_tile_keys(addresses, bf16, task, start, length, draw_keys, claims, conflict_aware,
-                    need_tau, base_vals, tau, draws, free_offset, keys):
-    """Keys of ``task`` on one tile (``|tau|`` or its random draws, lifted when free) and,
-    in ``tau``, its float32 task vector there (for random keys only if ``need_tau``)."""
+def _task_tile_keys(sources, ranking, claims, task, start, length, need_tau, buffers):
+    """Keys of ``task`` on one tile (``|tau|`` or its random draws, lifted when free) into
+    ``buffers``' keys and, in its ``tau``, the float32 task vector there (for random keys
+    only if ``need_tau``); ``buffers`` from ``_tile_key_buffers``."""
+    addresses, bf16, _ = sources
+    _, draw_keys, conflict_aware = ranking
+    base_vals, tau, draws, free_offset, keys = buffers
     _free_offsets(claims, task, start, length, conflict_aware, free_offset)
     random = draw_keys.shape[0] > 0
     if need_tau or not random:
@@ -356,74 +433,80 @@ def _is_selective(quota, numel):
 
 
 @njit(parallel=True, cache=True)
-def _tensor_merge(addresses, bf16, numel, quotas, draw_keys, scales, weights, lam, ties,
-                  normalize, norm_total, conflict_aware, n_groups, out):
-    """Per-tensor merge (one block spanning the flat tensor) of the tensors at ``addresses``.
-
-    Task ``i`` keeps its ``quotas[i]`` largest keys: ``|tau_i|``, or its random draws when
-    ``draw_keys`` holds a ``(k1, k2)`` row per task (DARE). Its threshold comes from a radix
-    selection on the high then the low 16 key bits (two histogram passes split over thread
-    groups); the lowest-index-first rule among keys equal to it, from a prefix sum of the
-    groups' tie counts; a third pass records the kept positions, one bit per task and element
-    in ``claims``, and, on the same tiles, counts the next task's high digits. Keys are
-    recomputed in every pass, not stored. A last pass combines."""
-    k = addresses.shape[0] - 1
-    claims = np.zeros(((k + 7) // 8, numel), np.uint8)
-    histograms = np.zeros((n_groups, 1 << _RADIX_BITS), np.int64)
-    ties_before = np.zeros(n_groups + 1, np.int64)
+def _task_cut(sources, ranking, task, claims, histograms, ties_before):
+    """``(t, room)`` of ``task``'s selection (none for ``task < 0``), ``histograms`` holding
+    the thread groups' counts of its high key digits: the threshold's high digit from their
+    sum, then a pass counting low digits within it, and in ``ties_before[g]`` the keys equal
+    to ``t`` in groups before ``g`` (their prefix sum; all 0 where no search is needed)."""
+    numel = sources.numel
+    n_groups = histograms.shape[0]
+    ties_before[:] = 0
+    if task < 0:
+        return _NO_KEY, 0
+    quota = ranking.quotas[task]
+    if not _is_selective(quota, numel):
+        return _trivial_threshold(quota, numel)
     low_bits = np.uint32((1 << _RADIX_BITS) - 1)
-    for i in range(-1, k):  # step i selects task i (none at -1) and counts task i + 1's high digits
-        threshold, room = _NO_KEY, 0
-        ties_before[:] = 0
-        if i >= 0 and not _is_selective(quotas[i], numel):
-            threshold, room = _trivial_threshold(quotas[i], numel)
-        elif i >= 0:
-            high, above = _from_top(histograms.sum(axis=0), quotas[i])
-            histograms[:] = 0
-            for group in prange(n_groups):
-                base_vals, tau, draws, free_offset, keys = _tile_key_buffers()
-                first, stop = _group_span(group, n_groups, numel)
-                for start in range(first, stop, _TILE):
-                    length = min(_TILE, stop - start)
-                    _task_tile_keys(addresses, bf16, i, start, length, draw_keys, claims,
-                                    conflict_aware, False, base_vals, tau, draws, free_offset, keys)
-                    for j in range(length):
-                        if keys[j] >> _RADIX_BITS == high:
-                            histograms[group, keys[j] & low_bits] += 1
-            low, above_low = _from_top(histograms.sum(axis=0), quotas[i] - above)
-            threshold = np.uint32((high << _RADIX_BITS) | low)
-            room = quotas[i] - above - above_low
-            for group in range(n_groups):  # each group's keys equal to the threshold: its bin `low`
-                ties_before[group + 1] = ties_before[group] + histograms[group, low]
-        following = i + 1 < k and _is_selective(quotas[i + 1], numel)
-        histograms[:] = 0
-        for group in prange(n_groups):
-            base_vals, tau, draws, free_offset, keys = _tile_key_buffers()
-            kept = np.empty(_TILE, np.float32)
-            seen = ties_before[group]
-            first, stop = _group_span(group, n_groups, numel)
-            for start in range(first, stop, _TILE):
-                length = min(_TILE, stop - start)
-                if i >= 0:
-                    _task_tile_keys(addresses, bf16, i, start, length, draw_keys, claims,
-                                    conflict_aware, True, base_vals, tau, draws, free_offset, keys)
-                    seen = _select(keys, tau, length, threshold, room, seen, kept)
-                    bit = np.uint8(1 << (i % 8))
-                    row = claims[i // 8, start:start + length]
-                    for j in range(length):
-                        row[j] |= bit if kept[j] != 0 else np.uint8(0)
-                if following:
-                    _task_tile_keys(addresses, bf16, i + 1, start, length, draw_keys, claims,
-                                    conflict_aware, False, base_vals, tau, draws, free_offset, keys)
-                    for j in range(length):
-                        histograms[group, keys[j] >> _RADIX_BITS] += 1
+    high, above = _from_top(histograms.sum(axis=0), quota)
+    histograms[:] = 0
+    for group in prange(n_groups):
+        buffers = _tile_key_buffers()
+        keys = buffers[4]
+        first, stop = _group_span(group, n_groups, numel)
+        for start in range(first, stop, _TILE):
+            length = min(_TILE, stop - start)
+            _task_tile_keys(sources, ranking, claims, task, start, length, False, buffers)
+            for j in range(length):
+                if keys[j] >> _RADIX_BITS == high:
+                    histograms[group, keys[j] & low_bits] += 1
+    low, above_low = _from_top(histograms.sum(axis=0), quota - above)
+    for group in range(n_groups):  # each group's keys equal to the threshold: its bin `low`
+        ties_before[group + 1] = ties_before[group] + histograms[group, low]
+    return np.uint32((high << _RADIX_BITS) | low), quota - above - above_low
+
+
+@njit(parallel=True, cache=True)
+def _record_and_count_next(sources, ranking, task, cut, claims, histograms, ties_before):
+    """With ``task``'s ``cut`` (``(t, room)``; none for ``task < 0``) record its kept
+    positions as its bit in ``claims`` and, on the same tiles, count the high key digits of
+    ``task + 1`` (where it needs a search) into ``histograms``, one row per thread group."""
+    numel = sources.numel
+    n_groups = histograms.shape[0]
+    threshold, room = cut
+    k = sources.addresses.shape[0] - 1
+    following = task + 1 < k and _is_selective(ranking.quotas[task + 1], numel)
+    histograms[:] = 0
+    for group in prange(n_groups):
+        buffers = _tile_key_buffers()
+        tau, keys = buffers[1], buffers[4]
+        kept = np.empty(_TILE, np.float32)
+        seen = ties_before[group]
+        first, stop = _group_span(group, n_groups, numel)
+        for start in range(first, stop, _TILE):
+            length = min(_TILE, stop - start)
+            if task >= 0:
+                _task_tile_keys(sources, ranking, claims, task, start, length, True, buffers)
+                seen = _select(keys, tau, length, threshold, room, seen, kept)
+                bit = np.uint8(1 << (task % 8))
+                row = claims[task // 8, start:start + length]
+                for j in range(length):
+                    row[j] |= bit if kept[j] != 0 else np.uint8(0)
+            if following:
+                _task_tile_keys(sources, ranking, claims, task + 1, start, length, False, buffers)
+                for j in range(length):
+                    histograms[group, keys[j] >> _RADIX_BITS] += 1
+
+
+@njit(parallel=True, cache=True)
+def _combine_claims(sources, claims, params, n_groups, out):
+    """``out`` = the combine (``_combine_tile``) of every tile with the masks in ``claims``."""
+    addresses, bf16, numel = sources
+    k = addresses.shape[0] - 1
     for group in prange(n_groups):
         base_vals = np.empty(_TILE, np.float32)
         taus = np.empty((k, _TILE), np.float32)
         kept = np.empty((k, _TILE), np.float32)
-        total = np.empty(_TILE, np.float32)
-        merged = np.empty(_TILE, np.float32)
-        divisor = np.empty(_TILE, np.float32)
+        scratch = _combine_scratch(_TILE)
         first, stop = _group_span(group, n_groups, numel)
         for start in range(first, stop, _TILE):
             length = min(_TILE, stop - start)
@@ -434,51 +517,77 @@ def _tensor_merge(addresses, bf16, numel, quotas, draw_keys, scales, weights, la
                 row = claims[i // 8, start:start + length]
                 for j in range(length):
                     kept[i, j] = np.float32((row[j] & bit) != 0)
-            _combine_tile(base_vals, taus, kept, length, scales, weights, lam, ties, normalize,
-                          norm_total, total, merged, divisor, out[start:start + length])
+            _combine_tile(params, base_vals, taus, kept, length, scratch, out[start:start + length])
 
 
-def supports(base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> bool:
-    """CPU tensors of float32 or bfloat16, all of one dtype."""
-    return base.device.type == "cpu" and base.dtype in SUPPORTED_DTYPES and all(
-        t.dtype == base.dtype and t.device.type == "cpu" for t in tuned
+@njit(cache=True)
+def _tensor_merge(sources, ranking, params, n_groups, out):
+    """Per-tensor merge (one block spanning the flat tensor, ``ranking`` a ``_Ranking``).
+
+    Task ``i``'s threshold comes from a radix selection on the high then the low 16 key
+    bits (two histogram passes split over thread groups, ``_task_cut``); the
+    lowest-index-first rule among keys equal to it, from a prefix sum of the groups' tie
+    counts; a third pass records the kept positions, one bit per task and element in
+    ``claims``, and, on the same tiles, counts the next task's high digits
+    (``_record_and_count_next``). Keys are recomputed in every pass, not stored. A last
+    pass combines (``_combine_claims``)."""
+    k = sources.addresses.shape[0] - 1
+    claims = np.zeros(((k + 7) // 8, sources.numel), np.uint8)
+    histograms = np.zeros((n_groups, 1 << _RADIX_BITS), np.int64)
+    ties_before = np.zeros(n_groups + 1, np.int64)
+    for i in range(-1, k):  # step i selects task i (none at -1) and counts task i + 1's high digits
+        cut = _task_cut(sources, ranking, i, claims, histograms, ties_before)
+        _record_and_count_next(sources, ranking, i, cut, claims, histograms, ties_before)
+    _combine_claims(sources, claims, params, n_groups, out)
+
+
+def supports(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> bool:
+    """Whether this path implements ``recipe`` (its sparsifier in ``_KERNELS``, its combine
+    in ``_TIES_FLAG``) on these tensors: CPU, float32 or bfloat16, all of one dtype."""
+    return (
+        recipe.sparsifier in _KERNELS and recipe.combine in _TIES_FLAG
+        and base.device.type == "cpu" and base.dtype in SUPPORTED_DTYPES
+        and all(t.dtype == base.dtype and t.device.type == "cpu" for t in tuned)
     )
 
 
-def compiled_merge_chunk(
-    base: torch.Tensor,
-    tuned: Sequence[torch.Tensor],
-    scales: Sequence[float],
-    weights: Sequence[float],
-    ns: Sequence[int],
-    block_size: Optional[int],
-    lam: float,
-    ties: bool,
-    normalize: bool,
-    norm_total: float,
-    conflict_aware: bool,
-    seeds: Optional[Sequence[int]] = None,
-) -> torch.Tensor:
-    """Float32 result of the merge of one flat chunk (see ``kernels.merge_chunk``): task ``i``
-    keeps ``ns[i]`` of every block of ``block_size``, or, if ``None``, of the whole chunk,
-    ranked by ``|tau_i|`` or, when ``seeds`` are given, by ``kernels.random_scores`` of
-    ``seeds[i]`` (whole chunk only)."""
+def _combine_params(recipe: Recipe, args: MergeArgs) -> _CombineParams:
+    return _CombineParams(np.asarray(args.scales(recipe), np.float32),
+                          np.asarray(args.weights, np.float32), np.float32(args.lam),
+                          _TIES_FLAG[recipe.combine], args.normalize,
+                          np.float32(normalizer(args.weights)))
+
+
+def _thread_groups(units: int, threads: int) -> int:
+    """Work items of a parallel kernel: four per thread, at most one per block or tile."""
+    return max(1, min(units, 4 * threads))
+
+
+def merge_chunk(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor],
+                args: MergeArgs) -> torch.Tensor:
+    """Float32 result of the merge of one flat chunk (see ``torch_path.merge_chunk``): task
+    ``i`` keeps ``n_i`` of every block of ``args.block_size`` or, for the per-tensor
+    sparsifiers, of the whole chunk, ranked by ``|tau_i|`` or by ``masks.random_scores`` of
+    ``args.seeds[i]``. ``supports(recipe, base, tuned)`` must hold."""
+    if not supports(recipe, base, tuned):
+        raise ValueError(f"the compiled kernels do not implement {recipe} on these tensors; "
+                         "check compiled.supports first")
+    kernel = _KERNELS[recipe.sparsifier]
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     flat = [t.detach().reshape(-1).contiguous() for t in (base, *tuned)]  # alive for the call
     numel = base.numel()
-    addresses = np.array([t.data_ptr() for t in flat], np.int64)
-    combine = (np.asarray(scales, np.float32), np.asarray(weights, np.float32), np.float32(lam),
-               ties, normalize, np.float32(norm_total), conflict_aware)
+    sources = _Sources(np.array([t.data_ptr() for t in flat], np.int64), base.dtype == torch.bfloat16, numel)
+    quotas = np.asarray(args.keep_counts(recipe, numel), np.int64)
     out = np.empty(numel, np.float32)
-    quotas = np.asarray(ns, np.int64)
-    bf16 = base.dtype == torch.bfloat16
-    if block_size is None:
-        draw_keys = np.array([random_score_keys(s) for s in seeds or ()], np.uint64).reshape(-1, 2)
-        _tensor_merge(addresses, bf16, numel, quotas, draw_keys, *combine,
-                      max(1, min(-(-numel // _TILE), 4 * threads)), out)
+    if kernel.blocks:
+        m = args.block_size
+        tail_ns = tail_keep_counts(quotas.tolist(), numel % m, m, recipe.conflict_aware)
+        blocks = _Blocks(quotas, np.asarray(tail_ns, np.int64), m, recipe.conflict_aware)
+        _nm_merge(sources, blocks, _combine_params(recipe, args), _thread_groups(-(-numel // m), threads), out)
     else:
-        tail_ns = tail_keep_counts(ns, numel % block_size, block_size, conflict_aware)
-        _nm_merge(addresses, bf16, numel, quotas, np.asarray(tail_ns, np.int64), block_size,
-                  *combine, max(1, min(-(-numel // block_size), 4 * threads)), out)
+        seeds = args.seeds if kernel.random_draws else ()
+        draw_keys = np.array([random_score_keys(s) for s in seeds], np.uint64).reshape(-1, 2)
+        ranking = _Ranking(quotas, draw_keys, recipe.conflict_aware)
+        _tensor_merge(sources, ranking, _combine_params(recipe, args), _thread_groups(-(-numel // _TILE), threads), out)
     return torch.from_numpy(out)

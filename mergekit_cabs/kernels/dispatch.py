@@ -1,0 +1,94 @@
+"""One tensor merge: the path (compiled or torch) chosen once, the tensor cut into chunks.
+
+Data flows one way: ``dispatch`` calls ``torch_path`` and, where it is importable and
+``supports`` the recipe and tensors, ``compiled``; both follow ``rules`` and neither knows
+about the other.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+from typing import Optional, Sequence
+
+import torch
+
+from mergekit_cabs.kernels import torch_path
+from mergekit_cabs.kernels.rules import MergeArgs, Recipe, Sparsifier
+
+# Set to 1 to run the torch path on CPU too (the reference; what runs without numba).
+TORCH_KERNELS_ENV = "MERGEKIT_CABS_TORCH_KERNELS"
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_module() -> Optional[ModuleType]:
+    """``mergekit_cabs.kernels.compiled`` (numba), or ``None`` (torch only) when numba cannot
+    be imported or ``MERGEKIT_CABS_TORCH_KERNELS=1``. Imported on first use: numba's import
+    costs about a second that a torch-only user should not pay."""
+    if os.environ.get(TORCH_KERNELS_ENV, "") not in ("", "0"):
+        return None
+    try:
+        return importlib.import_module("mergekit_cabs.kernels.compiled")
+    except ImportError:
+        return None
+
+
+def merge_path(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor],
+               compiled: Optional[bool]) -> ModuleType:
+    """The module whose ``merge_chunk`` merges these tensors: ``compiled`` where it is
+    wanted (``None`` or ``True``), importable and ``supports`` them, else ``torch_path``."""
+    fast = compiled_module() if compiled is not False else None
+    if compiled and fast is None:
+        raise RuntimeError(f"compiled=True needs numba importable and {TORCH_KERNELS_ENV} unset")
+    if fast is not None and fast.supports(recipe, base, tuned):
+        return fast
+    return torch_path
+
+
+def nm_chunk_spans(numel: int, block_size: int, chunk_blocks: Optional[int]) -> list[tuple[int, int]]:
+    """``[lo, hi)`` spans of ``chunk_blocks`` whole n:m blocks each, then the short tail
+    block alone; the whole tensor in one span when ``chunk_blocks`` is ``None``."""
+    if not chunk_blocks:
+        return [(0, numel)]
+    full = (numel // block_size) * block_size
+    step = chunk_blocks * block_size
+    spans = [(lo, min(lo + step, full)) for lo in range(0, full, step)]
+    if full < numel:
+        spans.append((full, numel))
+    return spans
+
+
+def check_model_counts(recipe: Recipe, tuned: Sequence[torch.Tensor], args: MergeArgs) -> None:
+    """One weight and density per fine-tune, and one seed each for random masks."""
+    if len(args.weights) != len(tuned):
+        raise ValueError(f"one weight and one density per model: {len(args.weights)} for "
+                         f"{len(tuned)} models")
+    if recipe.sparsifier is Sparsifier.RANDOM and len(args.seeds) != len(tuned):
+        raise ValueError(f"random masks need one seed per model: {len(args.seeds)} seeds for "
+                         f"{len(tuned)} models")
+
+
+def merge_tensor(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor],
+                 args: MergeArgs) -> torch.Tensor:
+    """Merge one tensor, ``base + lambda * combine_i(s_i * w_i * M_i * tau_i)`` with the
+    masks of ``recipe``; the result has ``base``'s dtype, device and shape.
+
+    n:m blocks are independent, so the flattened tensor is processed ``args.chunk_blocks``
+    full blocks at a time (then the tail) with a result identical to one pass. The
+    magnitude and random sparsifiers rank the whole tensor: the compiled kernel takes it
+    in one call, the torch path in passes over chunks of ``chunk_blocks * block_size``
+    elements (``per_tensor.per_tensor_merge``), again with an identical result.
+    """
+    check_model_counts(recipe, tuned, args)
+    path = merge_path(recipe, base, tuned, args.compiled)
+    flat_base = base.reshape(-1)
+    flat_tuned = [t.reshape(-1) for t in tuned]
+    if recipe.sparsifier is not Sparsifier.NM:
+        merged = path.merge_chunk(recipe, flat_base, flat_tuned, args)
+        return merged.to(base.dtype).view(base.shape)
+    out = torch.empty_like(flat_base)
+    for lo, hi in nm_chunk_spans(flat_base.numel(), args.block_size, args.chunk_blocks):
+        out[lo:hi] = path.merge_chunk(recipe, flat_base[lo:hi], [t[lo:hi] for t in flat_tuned], args)
+    return out.view(base.shape)
