@@ -31,6 +31,7 @@ from mergekit_cabs.search.model import CandidateModel, ModelFactory
 
 OUTPUT_KIND = "mergekit-cabs search"
 OUTPUT_FILES = ("merge.yml", "search.json", "search.png")
+DEFAULT_SETTINGS = SearchSettings()
 
 
 @dataclass
@@ -78,7 +79,7 @@ class SearchResult:
         }
 
 
-def search_weights(config: Union[str, Path], losses: Sequence[Loss], settings: SearchSettings = SearchSettings(),
+def search_weights(config: Union[str, Path], losses: Sequence[Loss], settings: SearchSettings = DEFAULT_SETTINGS,
                    *, first_stage_losses: Optional[Sequence[Loss]] = None,
                    model_factory: Optional[ModelFactory] = None, task_names: Optional[Sequence[str]] = None,
                    progress: bool = True) -> SearchResult:
@@ -209,7 +210,7 @@ def write_figure(result: SearchResult, path: Path) -> Optional[Path]:
 
 
 def search_causal_lm(config: Union[str, Path], data: Sequence[str], out_dir: Union[str, Path],
-                     settings: SearchSettings = SearchSettings(), *, max_length: int = 512,
+                     settings: SearchSettings = DEFAULT_SETTINGS, *, max_length: int = 512,
                      batch_size: int = 8, first_stage_fraction: float = 0.25, progress: bool = True) -> SearchResult:
     """The CLI: every input checked first, then ``search_weights`` with the causal-LM loss of
     each data file, then ``write_outputs``."""

@@ -114,7 +114,7 @@ class CandidateModel:
                 "a model loaded from the merge would initialise them at random. The search needs an "
                 "architecture MergeKit merges whole.")
         self.model.to(device=device)
-        for name, slot in self._slots.items():
+        for slot in self._slots.values():
             if slot.is_floating_point() and slot.dtype != target:
                 slot.data = slot.data.to(target)
         self._slots = dict(self.model.state_dict(keep_vars=True))
