@@ -75,3 +75,51 @@ def inspect_command(config_path: str, out_dir: str, random_seed: int | None, dev
                    "(pip install 'mergekit-cabs[plots]')")
     else:
         click.echo("figures: " + ", ".join(str(f) for f in figures))
+
+
+@main.command("search")
+@click.argument("config_path", type=click.Path(dir_okay=False))
+@click.option("--data", "data", multiple=True, required=True,
+              help="A task's calibration texts: JSON lines with a \"text\" field. Repeat per task.")
+@click.option("--out", "out_dir", default="search-output", show_default=True,
+              help="Folder for merge.yml, search.json and search.png.")
+@click.option("--evaluations", type=int, default=100, show_default=True, help="Evaluations, the start included.")
+@click.option("--bounds", type=(float, float), default=(0.1, 2.0), show_default=True, help="LO HI of every weight.")
+@click.option("--alpha", type=float, default=100.0, show_default=True, help="Fitness factor of a loss increase.")
+@click.option("--beta", type=float, default=1.0, show_default=True, help="Fitness factor of a loss decrease.")
+@click.option("--seed", type=int, default=0, show_default=True, help="CMA-ES seed.")
+@click.option("--sigma", type=float, default=None, help="CMA-ES step size [default: (HI - LO) / 4].")
+@click.option("--population", type=int, default=None, help="CMA-ES population [default: 4 + 3 ln d].")
+@click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per text (truncated).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Texts per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--dtype", default=None, help="Forward-pass dtype [default: the merge's output dtype].")
+@click.option("--random-seed", type=int, default=None,
+              help="The merge's --random-seed (required by the DARE variants).")
+@click.option("--layer-groups", is_flag=True, help="One weight per layer group (embeddings, attention, MLP).")
+@click.option("--patience", type=int, default=None, help="Stop after this many generations without improvement.")
+@click.option("--min-improvement", type=float, default=1e-4, show_default=True,
+              help="What --patience counts as an improvement of the best fitness.")
+@click.option("--first-stage-evaluations", type=int, default=0, show_default=True,
+              help="Evaluations of a cheap first stage on a subset of the texts.")
+@click.option("--first-stage-fraction", type=float, default=0.25, show_default=True,
+              help="Share of each task's texts in the first stage.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def search_command(config_path: str, data: tuple, out_dir: str, quiet: bool, max_length: int,
+                   batch_size: int, first_stage_fraction: float, **options) -> None:
+    """Find the per-model weights of a config by CMA-ES (CABS+ adaptive weight allocation)."""
+    from mergekit_cabs.search import SearchInputError, SearchSettings, search_causal_lm
+
+    try:
+        result = search_causal_lm(config_path, list(data), out_dir, SearchSettings(**options),
+                                  max_length=max_length, batch_size=batch_size,
+                                  first_stage_fraction=first_stage_fraction, progress=not quiet)
+    except SearchInputError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"best fitness {result.best.fitness:.6g} at evaluation {result.best.index} "
+               f"({len(result.evaluations)} evaluations, {result.stopped})")
+    click.echo(f"weights: {result.weights_record(result.best.weights)}")
+    merge = f"mergekit-yaml {Path(out_dir) / 'merge.yml'} MERGED"
+    if options["random_seed"] is not None:
+        merge += f" --random-seed {options['random_seed']}"
+    click.echo(f"wrote {Path(out_dir) / 'merge.yml'} and search.json; merge with: {merge}")

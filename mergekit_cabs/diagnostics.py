@@ -188,6 +188,10 @@ class TensorJob:
     tasks: tuple
     densities: tuple
     block_size: Optional[int]
+    weights: tuple = ()
+    lam: float = 1.0
+    normalize: bool = False
+    out_dtype: Optional[str] = None  # what MergeKit casts the result to before saving
 
 
 class MaskStatistics:
@@ -332,7 +336,8 @@ def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
     # 0.1.5's plan_in_memory fails: pydantic cannot validate its abstract task field.)
     planned = planner.plan_to_disk(out_path=os.devnull)
     jobs = []
-    for task in (p.tensor_task for p in planned if isinstance(p, SaveTensor)):
+    for save in (p for p in planned if isinstance(p, SaveTensor)):
+        task = save.tensor_task
         tasks = tuple(m for m in task.model_order if m != task.base_model)
         shared = dict(task.parameters.items())
         jobs.append(TensorJob(
@@ -342,6 +347,10 @@ def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
             tasks=tasks,
             densities=tuple(task.input_parameters[m]["density"] for m in tasks),
             block_size=shared.get("block_size"),
+            weights=tuple(task.input_parameters[m]["weight"] for m in tasks),
+            lam=shared.get("lambda", 1.0),
+            normalize=shared.get("normalize", False),
+            out_dtype=save.dtype,
         ))
     return jobs
 

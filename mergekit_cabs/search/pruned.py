@@ -1,0 +1,152 @@
+"""Pruned task vectors in a compact, exact form, and a candidate's tensor from them.
+
+The kernel adapter of the search: ``prune_tensor`` and ``merged_support`` are the only
+places that call ``mergekit_cabs.kernels`` (``task_masks``, ``tensor_seed``,
+``masked_merge``). Pure torch; no MergeKit.
+
+Why pruning once is exact. Every method's masks ``M_i`` depend on ``tau_i``, the densities,
+``block_size`` and (DARE) the seeds, never on the weights. What depends on the weights is
+the combine: a TIES combine's sign election ``sign(sum_i w_i M_i tau_i)`` and its
+agreeing-weight divisor, and ``normalize``'s divisor ``sum_i w_i``; ``masked_merge``
+recomputes those for every candidate.
+
+The compact form of one tensor (flattened row-major, ``D`` the merge's input dtype):
+
+- ``support``: sorted positions kept by any model, plus every position where the base is
+  ``-0.0`` (int32 when the tensor has < 2^31 elements, else int64);
+- ``base_values``: the base at ``support``, in ``D``;
+- per model ``i``: ``local_i`` (int32 indices into ``support``) and ``values_i`` (the
+  fine-tuned model's values there, in ``D``) at its kept positions and the base's
+  ``-0.0`` positions, ``kept_i`` (bool, ``None`` when all are kept) saying which.
+
+``tau_i = float32(values_i) - float32(base_values)`` is recomputed exactly, as the kernel
+computes it. Then ``masked_merge`` (the kernels' own float32 formula, elementwise) over
+``support``, cast to ``D`` and then to the written dtype, is the merge's result there, bit
+for bit: a position outside every model's storage has only dropped entries, ``(w tau) * 0``
+signed zeros, whose sum only changes a base of ``-0.0`` (``-0 + +0 = +0``), and those
+positions are stored whole. Everywhere off ``support`` the result is the base itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from mergekit_cabs.kernels import Recipe, masked_merge, task_masks, tensor_seed
+
+# Elements of ``support`` merged per pass: the candidate's temporaries are (2k + 3) float32
+# chunks of this size, whatever the tensor's size.
+SUPPORT_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """One fine-tuned model's values on its part of a tensor's ``support``."""
+
+    local: torch.Tensor  # int32 indices into support, ascending
+    values: torch.Tensor  # the fine-tuned model's values there, input dtype
+    kept: Optional[torch.Tensor]  # bool, which of them its mask keeps; None: all
+    chunk_starts: tuple[int, ...]  # first entry of local in each SUPPORT_CHUNK span
+
+
+@dataclass(frozen=True)
+class PrunedTensor:
+    """A float tensor of the merge, pruned once (see the module docstring)."""
+
+    name: str
+    shape: tuple[int, ...]
+    input_dtype: torch.dtype
+    written_dtype: torch.dtype
+    recipe: Recipe
+    densities: tuple[float, ...]
+    lam: float
+    normalize: bool
+    support: torch.Tensor
+    base_values: torch.Tensor
+    models: tuple[StoredModel, ...]
+
+    def chunks(self) -> list[tuple[int, int]]:
+        size = self.support.numel()
+        return [(lo, min(lo + SUPPORT_CHUNK, size)) for lo in range(0, size, SUPPORT_CHUNK)]
+
+    def nbytes(self) -> int:
+        """Bytes held by the compact form."""
+        held = [self.support, self.base_values]
+        for stored in self.models:
+            held += [stored.local, stored.values] + ([stored.kept] if stored.kept is not None else [])
+        return sum(t.numel() * t.element_size() for t in held)
+
+
+@dataclass(frozen=True)
+class TensorInputs:
+    """One tensor of the merge as the method receives it (aligned to one dtype)."""
+
+    name: str
+    base: torch.Tensor
+    tuned: tuple[torch.Tensor, ...]
+    written_dtype: torch.dtype
+    recipe: Recipe
+    densities: tuple[float, ...]
+    block_size: int
+    lam: float
+    normalize: bool
+    seed: int  # the merge's random seed (DARE masks)
+
+
+def prune_tensor(inputs: TensorInputs, device: torch.device) -> PrunedTensor:
+    """The compact form of one tensor: masks from ``kernels.task_masks`` exactly as the
+    merge computes them (flattened, float32 task vectors, ``tensor_seed`` per model)."""
+    base = inputs.base.reshape(-1).to(device)
+    tuned = [t.reshape(-1).to(device) for t in inputs.tuned]
+    base32 = base.to(torch.float32)
+    taus = [t.to(torch.float32) - base32 for t in tuned]
+    seeds = [tensor_seed(inputs.seed, inputs.name, i) for i in range(len(tuned))]
+    masks = task_masks(inputs.recipe, taus, inputs.densities, inputs.block_size, seeds)
+    del taus
+    negative_zero = (base32 == 0) & torch.signbit(base32)
+    in_support = negative_zero.clone()
+    for mask in masks:
+        in_support |= mask
+    index_dtype = torch.int32 if base.numel() < 2**31 else torch.int64
+    support = in_support.nonzero().squeeze(1)
+    position_in_support = torch.cumsum(in_support, 0, dtype=torch.int64) - 1
+    models = []
+    for mask, values in zip(masks, tuned):
+        stored = mask | negative_zero
+        local = position_in_support[stored]
+        kept = mask[stored]
+        starts = torch.searchsorted(local, torch.arange(0, max(support.numel(), 1), SUPPORT_CHUNK,
+                                                        device=device))
+        models.append(StoredModel(local.to(torch.int32), values[stored],
+                                  None if bool(kept.all()) else kept,
+                                  tuple(int(s) for s in starts.tolist())))
+    return PrunedTensor(
+        name=inputs.name, shape=tuple(inputs.base.shape), input_dtype=base.dtype,
+        written_dtype=inputs.written_dtype, recipe=inputs.recipe,
+        densities=tuple(inputs.densities), lam=inputs.lam, normalize=inputs.normalize,
+        support=support.to(index_dtype), base_values=base[support], models=tuple(models),
+    )
+
+
+def merged_support(pruned: PrunedTensor, weights: Sequence[float], lo: int, hi: int) -> torch.Tensor:
+    """The merge's result at ``support[lo:hi]`` for ``weights`` (one per model), in the
+    written dtype: ``kernels.masked_merge`` in float32, cast to the input dtype (as the
+    method returns it) and then to the written dtype (as MergeKit saves it)."""
+    base32 = pruned.base_values[lo:hi].to(torch.float32)
+    taus, masks = [], []
+    chunk = lo // SUPPORT_CHUNK
+    for stored in pruned.models:
+        start = stored.chunk_starts[chunk]
+        end = stored.chunk_starts[chunk + 1] if chunk + 1 < len(stored.chunk_starts) else stored.local.numel()
+        where = stored.local[start:end].to(torch.int64) - lo
+        tau = torch.zeros_like(base32)
+        tau[where] = stored.values[start:end].to(torch.float32) - base32[where]
+        mask = torch.zeros_like(base32, dtype=torch.bool)
+        mask[where] = True if stored.kept is None else stored.kept[start:end]
+        taus.append(tau)
+        masks.append(mask)
+    merged = masked_merge(pruned.recipe, base32, taus, masks, list(weights), pruned.densities,
+                          pruned.lam, pruned.normalize)
+    return merged.to(pruned.input_dtype).to(pruned.written_dtype)

@@ -1,0 +1,272 @@
+"""mergekit-cabs search (CABS+ adaptive weight allocation) on tiny models: unit tier."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mergekit_cabs.search import SearchInputError, SearchSettings, fitness, search_causal_lm, search_weights
+from mergekit_cabs.search import host
+from mergekit_cabs.search.calibration import CausalLMLoss, CalibrationTask, load_base_tokenizer, read_task
+from mergekit_cabs.search.model import CandidateModel
+from tests.search_helpers import (
+    merged_state,
+    same_bits,
+    tiny_family_with_tokenizer,
+    write_search_config,
+    write_task,
+)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return tiny_family_with_tokenizer(tmp_path_factory.mktemp("search_family"))
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search_tasks")
+    return [write_task(root / "a.jsonl", 1, words=range(3, 30)),
+            write_task(root / "b.jsonl", 2, words=range(30, 64))]
+
+
+@pytest.fixture(scope="module")
+def task_losses(family, tasks):
+    tokenizer = load_base_tokenizer(family[0])
+    return [CausalLMLoss(read_task(path, tokenizer, 32), 4, "cpu") for path in tasks]
+
+
+def quick(**overrides):
+    return SearchSettings(**{"evaluations": 13, "population": 4, **overrides})
+
+
+def test_fitness_matches_a_hand_computed_case():
+    # Delta = (1.1 - 1)/1 = 0.1 > 0 -> 100 * 0.1 = 10; (1.5 - 2)/2 = -0.25 -> 1 * -0.25.
+    assert fitness([1.1, 1.5], [1.0, 2.0], alpha=100, beta=1) == pytest.approx(10 - 0.25, abs=1e-12)
+    assert fitness([0.5], [1.0], alpha=100, beta=3) == pytest.approx(-1.5, abs=1e-12)
+    assert fitness([1.0, 2.0], [1.0, 2.0], alpha=100, beta=1) == 0.0
+    assert fitness([math.nan, 1.0], [1.0, 1.0], alpha=100, beta=1) == math.inf
+
+
+def test_the_same_seed_gives_the_same_evaluations(family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    runs = [search_weights(config, task_losses, quick(seed=seed, evaluations=9), progress=False) for seed in (3, 3, 4)]
+    assert runs[0].evaluations == runs[1].evaluations
+    assert [r.weights for r in runs[0].evaluations] != [r.weights for r in runs[2].evaluations]
+
+
+def test_every_evaluated_weight_lies_within_the_bounds(family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family, weights=[0.7, 0.7])
+    result = search_weights(config, task_losses, quick(bounds=(0.6, 0.8), sigma=5.0), progress=False)
+    weights = [w for r in result.evaluations for w in r.weights]
+    assert len(weights) == 2 * len(result.evaluations) > 2
+    assert all(0.6 <= w <= 0.8 for w in weights)
+    assert result.start.weights == (0.7, 0.7) and result.start.fitness == 0.0
+
+
+@pytest.mark.parametrize("method, density, shared, seed", [
+    ("cabs", 0.25, None, None),
+    ("cabs_ties", 0.4, {"normalize": True, "block_size": 16}, None),
+    ("nm_linear", 0.75, {"lambda": 0.8}, None),
+    ("magnitude_linear", 0.3, {"normalize": True}, None),
+    ("ca_ties", 0.6, None, None),
+    ("ca_dare_ties", 0.5, None, 1234),
+])
+def test_an_assembled_candidate_is_bit_for_bit_the_mergekit_merge(family, tmp_path, method, density, shared, seed):
+    config = write_search_config(tmp_path / "c.yml", method, *family, density=density, shared=shared)
+    search = host.read_search_config(config)
+    candidate = CandidateModel.prepare(search, random_seed=seed)
+    for vector in ([0.37, 1.61], [1.9, 0.1]):
+        scales = candidate.scales(False)
+        candidate.assemble(candidate.tensor_weights(scales, vector))
+        reference = merged_state(host.merge_config_text(search, vector), tmp_path / f"m{vector[0]}", seed)
+        state = candidate.model.state_dict()
+        assert reference and all(same_bits(state[name], value) for name, value in reference.items())
+
+
+def test_layer_group_weights_become_filters_that_mergekit_resolves_to_the_same_merge(family, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    search = host.read_search_config(config)
+    candidate = CandidateModel.prepare(search)
+    scales = candidate.scales(True)
+    assert [g for _, g in scales] == ["attention"] * 2 + ["mlp"] * 2 + ["embeddings"] * 2
+    vector = [0.3, 1.2, 1.7, 0.5, 0.9, 1.1]
+    candidate.assemble(candidate.tensor_weights(scales, vector))
+    by_model = {m: {} for m in search.models}
+    for (model, group), weight in zip(scales, vector):
+        by_model[model][group] = weight
+    reference = merged_state(host.merge_config_text(search, [by_model[m] for m in search.models]), tmp_path / "m")
+    state = candidate.model.state_dict()
+    assert all(same_bits(state[name], value) for name, value in reference.items())
+
+
+def test_no_checkpoint_is_read_and_nothing_is_pruned_again_after_preparation(family, tmp_path, monkeypatch):
+    copies = [shutil.copytree(p, tmp_path / Path(p).name) for p in (family[0], *family[1])]
+    config = write_search_config(tmp_path / "c.yml", "cabs", str(copies[0]), [str(c) for c in copies[1:]])
+    search = host.read_search_config(config)
+    reference = merged_state(host.merge_config_text(search, [0.5, 1.5]), tmp_path / "m")
+    candidate = CandidateModel.prepare(search)
+    for copy in copies:
+        shutil.rmtree(copy)
+    from mergekit_cabs.search import pruned
+
+    monkeypatch.setattr(pruned, "task_masks", lambda *a, **k: pytest.fail("pruned again"))
+    candidate.assemble(candidate.tensor_weights(candidate.scales(False), [0.5, 1.5]))
+    state = candidate.model.state_dict()
+    assert all(same_bits(state[name], value) for name, value in reference.items())
+
+
+def test_the_batched_loss_is_the_mean_over_every_predicted_token(family, tasks):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(family[0], dtype=torch.float32).eval()
+    task = read_task(tasks[0], load_base_tokenizer(family[0]), 32)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids in task.token_ids:  # one text at a time, no padding: the slow reference
+            logits = model(torch.tensor([ids])).logits[0, :-1]
+            total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
+            count += len(ids) - 1
+    assert CausalLMLoss(task, 3, "cpu")(model) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_a_first_stage_subset_spreads_over_the_file():
+    task = CalibrationTask("t", tuple((i, i + 1) for i in range(10)))
+    assert [ids[0] for ids in task.subset(0.4).token_ids] == [0, 2, 5, 7]
+    assert len(task.subset(1.0).token_ids) == 10
+
+
+def test_a_first_stage_runs_before_the_main_stage_and_best_is_from_the_main_stage(family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    first = [CausalLMLoss(CalibrationTask(loss.task.path, loss.task.token_ids[:3]), 4, "cpu") for loss in task_losses]
+    result = search_weights(config, task_losses, quick(first_stage_evaluations=9), first_stage_losses=first,
+                            progress=False)
+    stages = [r.stage for r in result.evaluations]
+    assert stages[0] == "start" and stages[1:10] == ["first"] * 9 and set(stages[10:]) == {"main"}
+    assert result.best.stage in ("start", "main")
+    assert sum(s != "first" for s in stages) <= 13
+
+
+def test_patience_stops_the_search_when_the_best_fitness_stops_moving(family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    result = search_weights(config, task_losses, quick(evaluations=40, patience=1, min_improvement=1e9),
+                            progress=False)
+    assert len(result.evaluations) == 1 + 2 * 4
+    assert "no improvement" in result.stopped
+
+
+def test_the_cli_writes_merge_yml_with_the_best_weights_and_search_json(family, tasks, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    out = tmp_path / "out"
+    result = search_causal_lm(config, tasks, out, quick(), max_length=32, batch_size=4, progress=False)
+    record = json.loads((out / "search.json").read_text())
+    merged = yaml.safe_load((out / "merge.yml").read_text())
+    weights = [m["parameters"]["weight"] for m in merged["models"]]
+    assert weights == list(result.best.weights) == list(record["best"]["weights"].values())
+    assert record["best"]["losses"] == list(result.best.losses) and len(record["best"]["losses"]) == 2
+    assert record["bounds"] == [0.1, 2.0] and record["start"]["fitness"] == 0.0
+    assert len(record["evaluations"]) == len(result.evaluations) and record["versions"]["cmaes"]
+    assert record["best"]["fitness"] == min(e["fitness"] for e in record["evaluations"] if e["stage"] != "first")
+    assert (out / "search.png").is_file()
+
+
+# ---- bad input fails before the search starts ----
+
+@pytest.fixture
+def no_search(monkeypatch):
+    monkeypatch.setattr(CandidateModel, "prepare", classmethod(lambda *a, **k: pytest.fail("search started")))
+
+
+def cli_search(config, data, out, **settings):
+    return search_causal_lm(config, data, out, quick(**settings), max_length=32, progress=False)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("\n\n", "has no texts"),
+    ('{"text": "w3 w4"}\nnot json\n', "line 2 is not JSON"),
+    ('{"text": "w3 w4"}\n{"txt": "w3 w4"}\n', 'line 2 has no "text"'),
+    ('{"text": "w3 w4"}\n{"text": "w5"}\n', "line 2: the text gives 1 token"),
+])
+def test_a_bad_data_file_fails_naming_the_file_and_line(family, tmp_path, no_search, content, message):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    data = tmp_path / "task.jsonl"
+    if content is not None:
+        data.write_text(content)
+    with pytest.raises(SearchInputError, match=message) as error:
+        cli_search(config, [str(data)], tmp_path / "out")
+    assert str(data) in str(error.value)
+
+
+def test_a_base_without_a_tokenizer_fails_naming_the_base(tmp_path, tasks, no_search):
+    base, tuned = tiny_family_with_tokenizer(tmp_path / "f", n_finetuned=1)
+    for name in Path(base).iterdir():
+        if "token" in name.name or name.name == "special_tokens_map.json":
+            name.unlink()
+    config = write_search_config(tmp_path / "c.yml", "cabs", base, tuned)
+    with pytest.raises(SearchInputError, match="has no tokenizer"):
+        cli_search(config, tasks, tmp_path / "out")
+
+
+@pytest.mark.parametrize("bounds", [(1.0, 1.0), (2.0, 0.5), (-0.1, 2.0)])
+def test_bounds_with_lo_not_below_hi_or_negative_fail(family, tasks, tmp_path, no_search, bounds):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    with pytest.raises(SearchInputError, match="--bounds"):
+        cli_search(config, tasks, tmp_path / "out", bounds=bounds)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"merge_method": "ties"}, "not one of this package's methods"),
+    ({"merge_method": "task_arithmetic"}, "magnitude_linear with density 1"),
+    ({"tokenizer_source": "base"}, "tokenizer_source"),
+    ({"weight": [0.5, 1.5]}, "a gradient or filter"),
+])
+def test_a_config_the_search_cannot_take_fails_naming_the_fix(family, tasks, tmp_path, no_search, edit, message):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    raw = yaml.safe_load(Path(config).read_text())
+    if "weight" in edit:
+        raw["models"][1]["parameters"]["weight"] = edit["weight"]
+    else:
+        raw.update(edit)
+    Path(config).write_text(yaml.safe_dump(raw))
+    with pytest.raises(SearchInputError, match=message):
+        cli_search(config, tasks, tmp_path / "out")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_fails(family, tasks, tmp_path, no_search):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    with pytest.raises(SearchInputError, match="CUDA is not available"):
+        cli_search(config, tasks, tmp_path / "out", device="cuda")
+
+
+def test_a_dare_variant_without_random_seed_fails_naming_the_flag(family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "ca_dare_linear", *family)
+    with pytest.raises(SearchInputError, match="--random-seed"):
+        search_weights(config, task_losses, quick(), progress=False)
+
+
+def test_a_start_weight_outside_the_bounds_fails_naming_the_model(family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family, weights=[1.0, 3.0])
+    with pytest.raises(SearchInputError, match=f"start weight 3.0 of {family[1][1]}"):
+        search_weights(config, task_losses, quick(), progress=False)
+
+
+def test_a_forward_dtype_narrower_than_the_merge_fails(family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family, dtype="float32")
+    with pytest.raises(SearchInputError, match="cannot hold the merge's float32"):
+        search_weights(config, task_losses, quick(dtype="bfloat16"), progress=False)
+
+
+def test_an_out_folder_with_a_foreign_merge_yml_is_refused_and_left_alone(family, tasks, tmp_path, no_search):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "merge.yml").write_text("mine\n")
+    with pytest.raises(SearchInputError, match="no search wrote"):
+        cli_search(config, tasks, out)
+    assert (out / "merge.yml").read_text() == "mine\n"
