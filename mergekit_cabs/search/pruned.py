@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from mergekit_cabs.kernels import Recipe, masked_merge, task_masks, tensor_seed
+from mergekit_cabs.kernels import MergeArgs, Recipe, masked_merge, task_masks, tensor_seed
 
 # Elements of ``support`` merged per pass: the candidate's temporaries are (2k + 3) float32
 # chunks of this size, whatever the tensor's size.
@@ -147,6 +147,6 @@ def merged_support(pruned: PrunedTensor, weights: Sequence[float], lo: int, hi: 
         mask[where] = True if stored.kept is None else stored.kept[start:end]
         taus.append(tau)
         masks.append(mask)
-    merged = masked_merge(pruned.recipe, base32, taus, masks, list(weights), pruned.densities,
-                          pruned.lam, pruned.normalize)
+    args = MergeArgs(tuple(weights), tuple(pruned.densities), lam=pruned.lam, normalize=pruned.normalize)
+    merged = masked_merge(pruned.recipe, base32, taus, masks, args)
     return merged.to(pruned.input_dtype).to(pruned.written_dtype)
