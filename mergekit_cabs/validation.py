@@ -179,6 +179,11 @@ def _is_gradient(value: Any) -> bool:
     )
 
 
+def _as_written(values: list) -> str:
+    """A gradient as the YAML wrote it: old hosts parse ``[16, 64]`` as ``[16.0, 64.0]``."""
+    return "[" + ", ".join(f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in values) + "]"
+
+
 def check_block_size_setting(method: str, setting: Any) -> None:
     """block_size is one integer per tensor: a gradient, plain or as a filter's value,
     would interpolate to fractional block sizes."""
@@ -188,7 +193,7 @@ def check_block_size_setting(method: str, setting: Any) -> None:
         if _is_gradient(value):
             where = f" (filter {condition.filter!r})" if hasattr(condition, "filter") else ""
             raise MergeConfigError(
-                f"{method}: block_size {value}{where} is a per-layer gradient, which would "
+                f"{method}: block_size {_as_written(value)}{where} is a per-layer gradient, which would "
                 "interpolate to fractional block sizes. Give one integer, or per-tensor "
                 "integers with filters: [{filter: mlp, value: 128}, {value: 256}]."
             )
