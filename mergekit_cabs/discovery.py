@@ -11,7 +11,36 @@ this package alone, so it behaves alike with the start-up hook switched off.
 
 from __future__ import annotations
 
-from mergekit_cabs.hosts import HOST_PACKAGES, loaded_hosts, register_with, trigger_module
+import importlib
+import sys
+
+from mergekit_cabs.hosts import HOST_PACKAGES
+from mergekit_cabs.hosts.guards import missing_capability
+
+
+def trigger_module(package: str) -> str:
+    return f"{package}.merge_methods"
+
+
+def loaded_hosts() -> tuple[str, ...]:
+    """The host packages whose merge methods are imported in this process."""
+    return tuple(p for p in HOST_PACKAGES if trigger_module(p) in sys.modules)
+
+
+def register_with(package: str) -> tuple[str, ...]:
+    """Register every method of the table with ``package`` (imported here) through the
+    adapter of the API it has; idempotent."""
+    from mergekit_cabs.hosts import mergekit_new, old_api
+
+    importlib.import_module(trigger_module(package))
+    if package == "mergekit" and mergekit_new.applies():
+        return mergekit_new.register()
+    host = {"mergekit": old_api.MERGEKIT_014, "mergekitty": old_api.MERGEKITTY}[package]
+    if not host.applies():
+        raise missing_capability(package, "its merge_methods has neither GroupMergeMethod nor "
+                                 "the MergeMethod/ConfigParameterDef API", host.supported)
+    return old_api.register(host)
+
 
 ENTRY_POINT_GROUPS = tuple(trigger_module(p) for p in HOST_PACKAGES)
 ENTRY_POINT_GROUP = ENTRY_POINT_GROUPS[0]
@@ -23,7 +52,7 @@ def register_all(package: str | None = None) -> tuple[str, ...]:
     """Register every method of the table with ``package``, or without one with every host
     whose merge methods are loaded (with mergekit, imported here, if none is). Idempotent.
 
-    Returns the registered names. Raises ``hosts.IncompatibleMergeKit`` before registering
+    Returns the registered names. Raises ``hosts.guards.IncompatibleMergeKit`` before registering
     anything with a host whose internals are not the ones its adapter was written against.
     Re-entrant calls (from imports made here) return at once: the outer call finishes.
     """
