@@ -1,4 +1,4 @@
-"""Start-up hook of mergekit-cabs: load MergeKit merge-method plugins on demand.
+"""Start-up hook of mergekit-cabs: load merge-method plugins of every MergeKit host on demand.
 
 ``mergekit_cabs_hook.pth`` imports this module when Python starts. It imports nothing but
 ``os`` and ``sys`` (both already loaded by then) and puts a finder on ``sys.meta_path``
@@ -6,40 +6,42 @@ that finds nothing itself: for every ``mergekit`` module it lets the normal find
 it and marks the loader so that the finder learns when the module has finished executing
 (the same for this package's own modules).
 
-Plugins load once ``mergekit.merge_methods`` is imported *and* no MergeKit module is
-still executing: importing ``mergekit.parameter_resolver`` first imports
+The hosts are ``mergekit`` and its fork ``mergekitty``; each is watched on its own. A
+host's plugins load once ``<host>.merge_methods`` is imported *and* no module of a host
+(or of this package) is still executing: importing ``mergekit.parameter_resolver`` first imports
 ``mergekit.merge_methods`` half-way through ``parameter_resolver``, and a plugin that
 touched ``parameter_resolver`` then would meet a partially initialized module. Looking a
 module up (``importlib.util.find_spec``, as package probes do) executes nothing, so it
 changes nothing: the finder stays until the plugins have loaded, then leaves.
 
-Loading calls every entry point of the group ``mergekit.merge_methods``. A failing plugin
-logs a warning and MergeKit keeps working.
+Loading calls every entry point of the group ``<host>.merge_methods``. A failing plugin
+logs a warning and the host keeps working.
 """
 
 import os
 import sys
 
-_TRIGGER = "mergekit.merge_methods"
-# Modules whose half-finished import would break registration: MergeKit's, and ours (a
-# module of ours importing MergeKit must finish before registration imports it).
-_PACKAGES = ("mergekit", "mergekit_cabs")
-_GROUP = "mergekit.merge_methods"
+# Each host's trigger module, which is also the name of its entry-point group.
+_TRIGGERS = ("mergekit.merge_methods", "mergekitty.merge_methods")
+# Modules whose half-finished import would break registration: the hosts', and ours (a
+# module of ours importing a host must finish before registration imports it).
+_PACKAGES = ("mergekit", "mergekitty", "mergekit_cabs")
 
 
-def load_plugins():
-    """Call each ``mergekit.merge_methods`` entry point; warn instead of raising."""
+def load_plugins(group):
+    """Call each entry point of ``group``; warn instead of raising."""
     import logging
     from importlib.metadata import entry_points
 
-    for entry in entry_points(group=_GROUP):
+    for entry in entry_points(group=group):
         try:
             entry.load()()
         except Exception as error:  # noqa: BLE001 - a plugin must not break MergeKit
             logging.getLogger("mergekit_cabs_hook").warning(
-                "merge-method plugin %r (%s) failed to load: %s: %s. MergeKit's own "
+                "merge-method plugin %r (%s) failed to load: %s: %s. %s's own "
                 "methods still work; `import %s` shows the full error.",
                 entry.name, entry.value, type(error).__name__, error,
+                "MergeKit" if group.startswith("mergekit.") else group.split(".")[0],
                 entry.value.split(":")[0].split(".")[0],
             )
 
@@ -49,7 +51,7 @@ def _is_watched(name):
 
 
 def mergekit_is_importing():
-    """Whether any MergeKit (or mergekit-cabs) module has started executing and not yet
+    """Whether any host (or mergekit-cabs) module has started executing and not yet
     finished."""
     for name, module in list(sys.modules.items()):
         if _is_watched(name) and getattr(getattr(module, "__spec__", None), "_initializing", False):
@@ -58,20 +60,25 @@ def mergekit_is_importing():
 
 
 class PluginLoader:
-    """Finds nothing itself; once ``mergekit.merge_methods`` is loaded and no MergeKit
-    module is mid-import, calls each of its callbacks once and leaves ``sys.meta_path``."""
+    """Finds nothing itself; once a callback's trigger module is loaded and no host module
+    is mid-import, calls that callback once; leaves ``sys.meta_path`` when none is left."""
 
     def __init__(self):
-        self.callbacks = []
+        self.callbacks = []  # (trigger module, callback)
 
-    def ready(self):
-        return bool(self.callbacks) and _TRIGGER in sys.modules and not mergekit_is_importing()
+    def take_ready(self):
+        """The callbacks whose trigger is loaded, removed from those still waiting."""
+        if mergekit_is_importing():
+            return []
+        ready = [c for c in self.callbacks if c[0] in sys.modules]
+        self.callbacks = [c for c in self.callbacks if c not in ready]
+        return [callback for _, callback in ready]
 
     def fire_if_ready(self):
-        if not self.ready():
+        callbacks = self.take_ready()
+        if not callbacks:
             return
-        callbacks, self.callbacks = self.callbacks, []
-        if self in sys.meta_path:
+        if not self.callbacks and self in sys.meta_path:
             sys.meta_path.remove(self)
         # Every callback runs even if one fails; the first failure is raised after them.
         failure = None
@@ -114,18 +121,23 @@ class PluginLoader:
         return spec
 
 
-def install(callback):
-    """Call ``callback()`` once MergeKit's merge methods are imported in full (now, if they
-    already are). One finder serves every callback."""
+def install(callback, trigger=_TRIGGERS[0]):
+    """Call ``callback()`` once module ``trigger`` (a host's merge methods) is imported in
+    full (now, if it already is). One finder serves every callback."""
     loader = next((f for f in sys.meta_path if isinstance(f, PluginLoader)), None)
     if loader is None:
         loader = PluginLoader()
         sys.meta_path.insert(0, loader)
-    loader.callbacks.append(callback)
+    loader.callbacks.append((trigger, callback))
     loader.fire_if_ready()
+
+
+def _plugins_of(group):
+    return lambda: load_plugins(group)
 
 
 # An escape hatch to tell whether a problem comes from a plugin: plugins then load only
 # when imported explicitly (``import mergekit_cabs``).
 if not os.environ.get("MERGEKIT_CABS_NO_HOOK"):
-    install(load_plugins)
+    for _trigger in _TRIGGERS:
+        install(_plugins_of(_trigger), _trigger)

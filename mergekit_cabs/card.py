@@ -1,9 +1,10 @@
 """Model cards of merges made with this package's methods.
 
-MergeKit 0.1.5 writes the output's ``README.md`` with ``mergekit.card.generate_card``,
-imported by name into ``mergekit.merge`` and called from ``run_merge``; it has no hook for
-a method to add to the card. ``card_with_our_sections`` wraps that one name (installed by
-``compat.install_mergekit_changes`` at registration). For a merge with
+Every host (mergekit 0.1.4 and 0.1.5, mergekitty) writes the output's ``README.md`` with
+``<host>.card.generate_card``, imported by name into ``<host>.merge`` and called from
+``run_merge``; none has a hook for a method to add to the card. ``card_with_our_sections``
+wraps that one name (installed by each host's adapter in ``mergekit_cabs.hosts`` at
+registration). Nothing here imports a host. For a merge with
 one of our methods the wrapper keeps MergeKit's card (front matter, models, YAML) and adds:
 the tags ``CARD_TAGS``, a paragraph stating what was done with the resolved parameters, the
 papers of the parts the recipe uses, and their BibTeX. MergeKit's own methods get
@@ -20,16 +21,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from huggingface_hub import ModelCard
-from mergekit.merge_methods.base import ParameterScope
 
 from mergekit_cabs import merge_log
 from mergekit_cabs.keep_counts import tensor_keep_counts
-from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, keep_count
-from mergekit_cabs.methods import CABS_URL, METHODS_BY_NAME, MethodInfo, parameter_specs
+from mergekit_cabs.kernels import Combine, Recipe, keep_count
+from mergekit_cabs.methods import METHOD_TABLE, METHODS_BY_NAME, MethodInfo, strategy_for
+from mergekit_cabs.papers import CABS_PAPER, DARE_PAPER, TIES_PAPER, Paper
+
+__all__ = ["CABS_PAPER", "DARE_PAPER", "TIES_PAPER", "Paper", "papers_for", "extend_card",
+           "procedure_paragraph", "disjointness_sentence", "card_with_our_sections"]
 
 LOG = logging.getLogger(__name__)
 
@@ -39,88 +42,10 @@ CARD_TAGS = ("cabs", "model-merging", "task-arithmetic")
 _MODELS_HEADING = "### Models Merged"
 
 
-@dataclass(frozen=True)
-class Paper:
-    """A paper the card links to and cites."""
-
-    label: str
-    title: str
-    authors: str
-    venue: str
-    url: str
-    bibtex: str
-
-    @property
-    def arxiv_id(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-    def link(self) -> str:
-        return f"[{self.title}]({self.url}) ({self.authors}, {self.venue}, arXiv:{self.arxiv_id})"
-
-
-CABS_PAPER = Paper(
-    label="CABS",
-    title="CABS: Conflict-Aware and Balanced Sparsification for Enhancing Model Merging",
-    authors="Yang et al.",
-    venue="ICML 2025",
-    url=CABS_URL,
-    bibtex="""@inproceedings{yang2025cabs,
-  title     = {{CABS}: Conflict-Aware and Balanced Sparsification for Enhancing Model Merging},
-  author    = {Yang, Zongzhen and Qi, Binhang and Sun, Hailong and Long, Wenrui and Zhao, Ruobing and Gao, Xiang},
-  booktitle = {Proceedings of the 42nd International Conference on Machine Learning},
-  series    = {Proceedings of Machine Learning Research},
-  volume    = {267},
-  pages     = {70973--70999},
-  year      = {2025},
-  eprint    = {2503.01874},
-  archivePrefix = {arXiv}
-}""",
-)
-
-TIES_PAPER = Paper(
-    label="TIES-Merging",
-    title="TIES-Merging: Resolving Interference When Merging Models",
-    authors="Yadav et al.",
-    venue="NeurIPS 2023",
-    url="https://arxiv.org/abs/2306.01708",
-    bibtex="""@inproceedings{yadav2023ties,
-  title     = {{TIES}-Merging: Resolving Interference When Merging Models},
-  author    = {Yadav, Prateek and Tam, Derek and Choshen, Leshem and Raffel, Colin and Bansal, Mohit},
-  booktitle = {Advances in Neural Information Processing Systems},
-  volume    = {36},
-  year      = {2023},
-  eprint    = {2306.01708},
-  archivePrefix = {arXiv}
-}""",
-)
-
-DARE_PAPER = Paper(
-    label="DARE",
-    title="Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch",
-    authors="Yu et al.",
-    venue="ICML 2024",
-    url="https://arxiv.org/abs/2311.03099",
-    bibtex="""@inproceedings{yu2024dare,
-  title     = {Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch},
-  author    = {Yu, Le and Yu, Bowen and Yu, Haiyang and Huang, Fei and Li, Yongbin},
-  booktitle = {Proceedings of the 41st International Conference on Machine Learning},
-  series    = {Proceedings of Machine Learning Research},
-  volume    = {235},
-  year      = {2024},
-  eprint    = {2311.03099},
-  archivePrefix = {arXiv}
-}""",
-)
-
-
 def papers_for(recipe: Recipe) -> tuple[Paper, ...]:
-    """CABS (every method here is a row of its ablation), plus TIES and DARE where used."""
-    papers = [CABS_PAPER]
-    if recipe.combine is Combine.TIES:
-        papers.append(TIES_PAPER)
-    if recipe.sparsifier is Sparsifier.RANDOM:
-        papers.append(DARE_PAPER)
-    return tuple(papers)
+    """CABS (every method here is a row of its ablation), plus TIES and the sparsifier's
+    papers where used (``MethodInfo.papers``)."""
+    return next(i for i in METHOD_TABLE if i.recipe == recipe).papers
 
 
 class _Varies:
@@ -171,20 +96,14 @@ def _model_clause(model: str, weight: str, density: str, fixed_density: Any, blo
                   recipe: Recipe) -> str:
     """``model (weight w, density d -> n:m)``, with n:m only for fixed n:m settings."""
     text = f"`{model}` (weight {weight}, density {density}"
-    if recipe.sparsifier is Sparsifier.NM and VARIES not in (fixed_density, block_size):
+    if strategy_for(recipe.sparsifier).has_blocks and VARIES not in (fixed_density, block_size):
         text += f" → {keep_count(fixed_density, block_size)}:{block_size}"
     return text + ")"
 
 
 def _sparsifier_sentence(recipe: Recipe, block_size: Any) -> str:
-    if recipe.sparsifier is Sparsifier.NM:
-        blocks = "a block" if block_size is VARIES else f"every block of {block_size}"
-        return (f"balanced n:m magnitude pruning (in {blocks} consecutive weights the "
-                "n = round(density · m) largest |τ| are kept)")
-    if recipe.sparsifier is Sparsifier.MAGNITUDE:
-        return "magnitude pruning (in each tensor the share `density` with the largest |τ| is kept)"
-    return (f"DARE random dropping ([{DARE_PAPER.label}]({DARE_PAPER.url}): in each tensor a "
-            "random share `density` is kept and rescaled by 1/density)")
+    blocks = "a block" if block_size is VARIES else f"every block of {block_size}"
+    return strategy_for(recipe.sparsifier).card_sentence.format(blocks=blocks)
 
 
 def disjointness_sentence(recipe: Recipe, densities: Sequence[Any], block_size: Any,
@@ -208,10 +127,11 @@ def disjointness_sentence(recipe: Recipe, densities: Sequence[Any], block_size: 
                 f"{sum(counts.counts)} > {counts.block_size}), so there the masks overlap: up "
                 f"to {excess} kept entries ({excess / kept:.2%} of all kept) fall on positions an "
                 "earlier model also kept; elsewhere they are disjoint.")
-    if VARIES in densities or (recipe.sparsifier is Sparsifier.NM and block_size is VARIES):
+    has_blocks = strategy_for(recipe.sparsifier).has_blocks
+    if VARIES in densities or (has_blocks and block_size is VARIES):
         return (" Whether the kept positions are disjoint depends on each tensor's keep "
                 "counts (disjoint exactly where they fit the block, Σ nᵢ ≤ m).")
-    if recipe.sparsifier is Sparsifier.NM:
+    if has_blocks:
         counts = [keep_count(d, block_size) for d in densities]
         total = sum(counts)
         sum_text = f"{' + '.join(map(str, counts))} = {total}"
@@ -236,7 +156,7 @@ def _order_sentence(recipe: Recipe, clauses: Sequence[str], densities: Sequence[
 
 
 def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any) -> str:
-    scale = "wᵢ / densityᵢ" if recipe.rescales else "wᵢ"
+    scale = "wᵢ / densityᵢ" if strategy_for(recipe.sparsifier).rescales else "wᵢ"
     if recipe.combine is Combine.TIES:
         text = (f"The pruned task vectors, each multiplied by {scale}, were combined "
                 f"TIES-style ([{TIES_PAPER.label}]({TIES_PAPER.url})): at each position the "
@@ -255,7 +175,7 @@ def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any) -> str:
 
 
 def _formula(recipe: Recipe) -> str:
-    term = "wᵢ / dᵢ · (Mᵢ ⊙ τᵢ)" if recipe.rescales else "wᵢ · (Mᵢ ⊙ τᵢ)"
+    term = "wᵢ / dᵢ · (Mᵢ ⊙ τᵢ)" if strategy_for(recipe.sparsifier).rescales else "wᵢ · (Mᵢ ⊙ τᵢ)"
     combined = f"TIES({{{term}}})" if recipe.combine is Combine.TIES else f"Σᵢ {term}"
     return f"`θ = θ_base + λ · {combined}`, with τᵢ = θᵢ − θ_base and Mᵢ the mask of model i."
 
@@ -264,41 +184,44 @@ def _formula(recipe: Recipe) -> str:
 Sources = tuple[Optional[Mapping[str, Any]], ...]
 
 
-def parameter_sources(config: Any) -> Optional[tuple[Sources, list[tuple[str, Sources]]]]:
-    """(shared sources, [(model, its sources)] in merge order), or None for several slices.
+# A host adapter's reading of one output slice: (config, slice, module or None) ->
+# (shared sources, [(model, its sources)]).
+SliceSources = Callable[[Any, Any, Any], tuple[Sources, list[tuple[str, Sources]]]]
 
-    Works on the configuration as written (``models:``) and as MergeKit's planner leaves
-    it after the merge (``modules:`` with one slice per module).
+
+def parameter_sources(config: Any, slice_sources: Optional[SliceSources] = None,
+                      ) -> Optional[tuple[Sources, list[tuple[str, Sources]]]]:
+    """(shared sources, [(model, its sources)] in merge order), or None for several slices
+    (or one slice and no ``slice_sources`` of the host to read it with).
+
+    Works on the configuration as written (``models:``, the same on every host) and as
+    the host's planner leaves it after the merge (one slice, per module where the host
+    has modules).
     """
-    from mergekit.config import ConfigReader
-
     if config.models:
         tasks = [m for m in config.models if m.model != config.base_model]
         return (config.parameters,), [(str(m.model), (m.parameters, config.parameters))
                                       for m in tasks]
-    if config.modules:
-        slices = [(module, s) for module in config.modules.values() for s in module.slices or ()]
+    modules = getattr(config, "modules", None)
+    if modules:
+        slices = [(module, s) for module in modules.values() for s in module.slices or ()]
     else:
         slices = [(None, s) for s in config.slices or ()]
-    if len(slices) != 1:
+    if len(slices) != 1 or slice_sources is None:
         return None
     module, out_slice = slices[0]
-    reader = ConfigReader(config=config, t=0, slice_out=out_slice, module=module)
-    base = out_slice.base_model or config.base_model
-    tasks = [s.model for s in out_slice.sources if s.model != base]
-    return (tuple(reader.parameter_sources(None)),
-            [(str(m), tuple(reader.parameter_sources(m))) for m in tasks])
+    return slice_sources(config, out_slice, module)
 
 
 def procedure_paragraph(info: MethodInfo, config: Any,
-                        records: Sequence[merge_log.TensorRecord] = ()) -> str:
-    """What was done, from the configuration's parameters as MergeKit resolves them and,
+                        records: Sequence[merge_log.TensorRecord] = (),
+                        slice_sources: Optional[SliceSources] = None) -> str:
+    """What was done, from the configuration's parameters as the host resolves them and,
     where a merge recorded them, the per-tensor values it used (``merge_log``)."""
     recipe = info.recipe
-    specs = parameter_specs(recipe)
-    shared_specs = [s for s in specs if s.scope is ParameterScope.SHARED]
-    model_specs = [s for s in specs if s.scope is not ParameterScope.SHARED]
-    resolved = parameter_sources(config)
+    shared_specs = [p for p in info.parameters if not p.per_model]
+    model_specs = [p for p in info.parameters if p.per_model]
+    resolved = parameter_sources(config, slice_sources)
     shared_sources = resolved[0] if resolved else (config.parameters,)
     shared = {s.name: fixed_setting(s, shared_sources) for s in shared_specs}
     opening = ("The task vector τᵢ of each fine-tuned model (its weights minus the base "
@@ -339,7 +262,8 @@ def citation_section(papers: Sequence[Paper]) -> str:
 
 
 def extend_card(card: str, info: MethodInfo, config: Any,
-                records: Sequence[merge_log.TensorRecord] = ()) -> str:
+                records: Sequence[merge_log.TensorRecord] = (),
+                slice_sources: Optional[SliceSources] = None) -> str:
     """MergeKit's card plus our tags (in its front matter), paragraphs and citation."""
     model_card = ModelCard(card)
     if not model_card.data.to_dict():
@@ -348,7 +272,8 @@ def extend_card(card: str, info: MethodInfo, config: Any,
         return card
     tags = list(model_card.data.tags or [])
     model_card.data.tags = tags + [t for t in CARD_TAGS if t not in tags]
-    details = f"{method_paragraph(info)}\n\n{procedure_paragraph(info, config, records)}\n\n"
+    procedure = procedure_paragraph(info, config, records, slice_sources)
+    details = f"{method_paragraph(info)}\n\n{procedure}\n\n"
     body = model_card.text
     if _MODELS_HEADING in body:
         body = body.replace(_MODELS_HEADING, details + _MODELS_HEADING, 1)
@@ -392,9 +317,11 @@ def _hub_lookups_tolerated(card_module: Any) -> Iterator[None]:
         card_module.is_hf = original
 
 
-def card_with_our_sections(generate_card: Callable, card_module: Any) -> Callable:
-    """MergeKit's ``generate_card``, extended for merges with our methods (``extend_card``);
-    MergeKit's own methods get MergeKit's card, untouched. Installed by ``compat``."""
+def card_with_our_sections(generate_card: Callable, card_module: Any,
+                           slice_sources: Optional[SliceSources] = None) -> Callable:
+    """A host's ``generate_card``, extended for merges with our methods (``extend_card``);
+    the host's own methods get its card, untouched. Installed by each host's adapter, which
+    passes how its configuration reader reads one slice (``slice_sources``)."""
     if getattr(generate_card, "__mergekit_cabs__", False):
         return generate_card
 
@@ -405,15 +332,17 @@ def card_with_our_sections(generate_card: Callable, card_module: Any) -> Callabl
             return generate_card(config, config_yaml, name)
         with _hub_lookups_tolerated(card_module):
             card = generate_card(config, config_yaml, name)
-        return extend_card(card, info, config, merged_tensor_records(info, config))
+        records = merged_tensor_records(info, config, slice_sources)
+        return extend_card(card, info, config, records, slice_sources)
 
     wrapper.__mergekit_cabs__ = True
     return wrapper
 
 
-def merged_tensor_records(info: MethodInfo, config: Any) -> list[merge_log.TensorRecord]:
+def merged_tensor_records(info: MethodInfo, config: Any,
+                          slice_sources: Optional[SliceSources] = None) -> list[merge_log.TensorRecord]:
     """What the merge of ``config`` recorded per tensor (none for several slices)."""
-    resolved = parameter_sources(config)
+    resolved = parameter_sources(config, slice_sources)
     if resolved is None or config.base_model is None:
         return []
     return merge_log.take(info.name, config.base_model, tuple(m for m, _ in resolved[1]))

@@ -1,25 +1,59 @@
-"""Registration of this package's methods with MergeKit.
+"""Registration of this package's methods with every MergeKit host.
 
-MergeKit 0.1.5 has no plugin discovery. ``mergekit_cabs_hook`` (imported by the
+No host has plugin discovery. ``mergekit_cabs_hook`` (imported by the
 ``mergekit_cabs_hook.pth`` file at interpreter start, itself importing nothing heavy) calls
-every entry point of the group ``ENTRY_POINT_GROUP`` once ``mergekit.merge_methods`` is
-imported and no MergeKit module is mid-import; ours is ``register_all``. Other plugins can
-declare the same group. ``import mergekit_cabs`` arms the same trigger for this package
-alone, so it behaves alike with the start-up hook switched off.
+every entry point of the group ``<host>.merge_methods`` once ``<host>.merge_methods`` is
+imported and no host module is mid-import, for each host of ``hosts.HOST_PACKAGES``
+(mergekit, mergekitty); ours are ``register_mergekit`` and ``register_mergekitty``. Other
+plugins can declare the same groups. ``import mergekit_cabs`` arms the same triggers for
+this package alone, so it behaves alike with the start-up hook switched off.
 """
 
 from __future__ import annotations
 
-ENTRY_POINT_GROUP = "mergekit.merge_methods"
+import importlib
+import sys
+
+from mergekit_cabs.hosts import HOST_PACKAGES
+from mergekit_cabs.hosts.guards import missing_capability
+
+
+def trigger_module(package: str) -> str:
+    return f"{package}.merge_methods"
+
+
+def loaded_hosts() -> tuple[str, ...]:
+    """The host packages whose merge methods are imported in this process."""
+    return tuple(p for p in HOST_PACKAGES if trigger_module(p) in sys.modules)
+
+
+def register_with(package: str) -> tuple[str, ...]:
+    """Register every method of the table with ``package`` (imported here) through the
+    adapter of the API it has; idempotent."""
+    from mergekit_cabs.hosts import mergekit_new, old_api
+
+    importlib.import_module(trigger_module(package))
+    if package == "mergekit" and mergekit_new.applies():
+        return mergekit_new.register()
+    host = {"mergekit": old_api.MERGEKIT_014, "mergekitty": old_api.MERGEKITTY}[package]
+    if not host.applies():
+        raise missing_capability(package, "its merge_methods has neither GroupMergeMethod nor "
+                                 "the MergeMethod/ConfigParameterDef API", host.supported)
+    return old_api.register(host)
+
+
+ENTRY_POINT_GROUPS = tuple(trigger_module(p) for p in HOST_PACKAGES)
+ENTRY_POINT_GROUP = ENTRY_POINT_GROUPS[0]
 
 _registering = False
 
 
-def register_all() -> tuple[str, ...]:
-    """Install our MergeKit changes, then register every method of the table (idempotent).
+def register_all(package: str | None = None) -> tuple[str, ...]:
+    """Register every method of the table with ``package``, or without one with every host
+    whose merge methods are loaded (with mergekit, imported here, if none is). Idempotent.
 
-    Returns the registered names. Raises ``compat.IncompatibleMergeKit`` before registering
-    anything when MergeKit is not the version the changes were written against.
+    Returns the registered names. Raises ``hosts.guards.IncompatibleMergeKit`` before registering
+    anything with a host whose internals are not the ones its adapter was written against.
     Re-entrant calls (from imports made here) return at once: the outer call finishes.
     """
     global _registering
@@ -27,34 +61,30 @@ def register_all() -> tuple[str, ...]:
         return ()
     _registering = True
     try:
-        from mergekit import merge_methods
-
-        from mergekit_cabs.compat import install_mergekit_changes
-        from mergekit_cabs.methods import SparseTaskArithmeticMerge, build_methods
-
-        install_mergekit_changes()
-        registered = {method.spec.name: method for method in merge_methods.registered_methods()}
-        names = []
-        for method in build_methods():
-            existing = registered.get(method.spec.name)
-            if existing is None:
-                merge_methods.register(method)
-            elif not isinstance(existing, SparseTaskArithmeticMerge):
-                raise RuntimeError(
-                    f"merge method name {method.spec.name!r} is already taken by "
-                    f"{type(existing).__module__}.{type(existing).__name__}"
-                )
-            names.append(method.spec.name)
-        return tuple(names)
+        names: tuple[str, ...] = ()
+        for host in (package,) if package else (loaded_hosts() or ("mergekit",)):
+            names = register_with(host)
+        return names
     finally:
         _registering = False
 
 
-def register_when_mergekit_loads() -> None:
-    """Run ``register_all`` now if MergeKit's merge methods are loaded, else once they are.
+def register_mergekit() -> tuple[str, ...]:
+    """Entry point of the group ``mergekit.merge_methods``."""
+    return register_all("mergekit")
 
-    Cheap: imports nothing until MergeKit itself is imported.
+
+def register_mergekitty() -> tuple[str, ...]:
+    """Entry point of the group ``mergekitty.merge_methods``."""
+    return register_all("mergekitty")
+
+
+def register_when_mergekit_loads() -> None:
+    """Register with each host once its merge methods are loaded (now, if they are).
+
+    Cheap: imports nothing until a host itself is imported.
     """
     from mergekit_cabs_hook import install
 
-    install(register_all)
+    install(register_mergekit, trigger_module("mergekit"))
+    install(register_mergekitty, trigger_module("mergekitty"))

@@ -1,6 +1,6 @@
 """What each tensor of a merge was given, kept for the model card of that merge.
 
-``SparseTaskArithmeticMerge.merge_group`` records every tensor it merges (its size after
+``methods.merge_group_tensor`` (every host) records every tensor it merges (its size after
 MergeKit aligned the vocabularies, and its resolved per-model parameters) under the key
 ``(method, base, fine-tuned models)``; the card of a merge with that key takes the records.
 MergeKit runs tensor tasks in the process that writes the card (threads at most).

@@ -1,170 +1,192 @@
-"""The registered merge methods: one MergeKit method class and the table of its names.
+"""The registered merge methods, host-free: the table of names, their parameters and checks.
 
-``METHOD_TABLE`` is the single source of truth: registration, the README table, the model
-card and the validation messages all read it.
+``METHOD_TABLE`` is the single source of truth: every host adapter (``mergekit_cabs.hosts``),
+the README table, the model card and the validation messages read it. Nothing here imports
+a MergeKit: an adapter turns a ``Parameter`` into its host's declaration and calls
+``merge_group_tensor`` with the tensors its host loaded.
+
+A sparsifier is one ``SparsifierStrategy``: its kernel key (the ``kernels.Sparsifier`` the
+kernels dispatch on), its extra parameters (``block_size`` where it has blocks), whether it
+rescales, its words for the README table and the card, and its papers. A new sparsifier is
+one strategy here plus its kernel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Sequence
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
-from pydantic import AfterValidator
+from pydantic import AfterValidator, TypeAdapter
 from typing_extensions import Annotated
-
-from mergekit.merge_methods.base import (
-    BasePolicy,
-    GroupMergeMethod,
-    InputContract,
-    MergeMethodSpec,
-    ParameterScope,
-    ParameterSpec,
-    TensorGroup,
-)
 
 from mergekit_cabs import merge_log
 from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, merge_tensor, tensor_seed
+from mergekit_cabs.papers import CABS_PAPER, CABS_URL, DARE_PAPER, TIES_PAPER, Paper
 from mergekit_cabs.validation import (
     MergeConfigError,
     agreed_buffer,
     check_block_size,
+    check_block_size_setting,
     check_density,
     check_finite,
-    check_group_inputs,
     check_keep_counts,
+    check_setting_keys,
     check_tensors_finite,
+    parameter_error,
+    warn_if_counts_overlap,
 )
 
-CABS_URL = "https://arxiv.org/abs/2503.01874"
+__all__ = ["CABS_URL", "METHOD_TABLE", "METHODS_BY_NAME", "MethodInfo", "Parameter",
+           "SparsifierStrategy", "GroupInputs", "merge_group_tensor", "parameter_specs"]
 
 # Elements per chunk of the n:m merge: blocks are independent, so peak memory is bounded
 # by this, not by the tensor, at no cost to the result.
 CHUNK_ELEMENTS = 1 << 22
 
-
-@dataclass(frozen=True)
-class MethodInfo:
-    """One registered name: its recipe and how the paper and the card call it."""
-
-    name: str
-    recipe: Recipe
-    pretty_name: str
-    paper_row: str
-
-    @property
-    def parameter_names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in parameter_specs(self.recipe))
-
-
-_NM, _MAG, _RND = Sparsifier.NM, Sparsifier.MAGNITUDE, Sparsifier.RANDOM
-_SUM, _TIES = Combine.SUM, Combine.TIES
-
-METHOD_TABLE: tuple[MethodInfo, ...] = (
-    MethodInfo("cabs", Recipe(_NM, True, _SUM), "CABS", "CABS"),
-    MethodInfo("cabs_ties", Recipe(_NM, True, _TIES), "CABS with TIES", "TIES + CABS"),
-    MethodInfo("nm_linear", Recipe(_NM, False, _SUM), "n:m Task Arithmetic", "BS only (TA + BS)"),
-    MethodInfo("nm_ties", Recipe(_NM, False, _TIES), "n:m TIES", "TIES + BS"),
-    MethodInfo("magnitude_linear", Recipe(_MAG, False, _SUM), "Magnitude Task Arithmetic", "TA + magnitude"),
-    MethodInfo("ca_magnitude_linear", Recipe(_MAG, True, _SUM), "Conflict-Aware Magnitude Task Arithmetic", "CA only"),
-    MethodInfo("ca_ties", Recipe(_MAG, True, _TIES), "Conflict-Aware TIES", "TIES + CA"),
-    MethodInfo("ca_dare_linear", Recipe(_RND, True, _SUM), "Conflict-Aware Linear DARE", "DARE + CA"),
-    MethodInfo("ca_dare_ties", Recipe(_RND, True, _TIES), "Conflict-Aware DARE TIES", "TIES + DARE + CA"),
-)
-
-METHODS_BY_NAME = {info.name: info for info in METHOD_TABLE}
-
 Density = Annotated[float, AfterValidator(check_density)]
 BlockSize = Annotated[int, AfterValidator(check_block_size)]
 Finite = Annotated[float, AfterValidator(check_finite)]
 
+REQUIRED = object()
 
-def parameter_specs(recipe: Recipe) -> tuple[ParameterSpec, ...]:
+
+@functools.lru_cache(maxsize=None)
+def _adapter(value_type: Any) -> TypeAdapter:
+    return TypeAdapter(value_type)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a method, as every host declares it: shared by the merge, or set
+    per fine-tuned model (the base model has none)."""
+
+    name: str
+    value_type: Any
+    per_model: bool
+    default: Any = REQUIRED
+    description: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def validate(self, value: Any) -> Any:
+        """The value as the method uses it (pydantic coercion, then our range checks)."""
+        return _adapter(self.value_type).validate_python(value)
+
+
+WEIGHT = Parameter("weight", Finite, per_model=True, default=1.0,
+                   description="scale of the model's pruned task vector")
+DENSITY = Parameter("density", Density, per_model=True,
+                    description="kept fraction of the task vector, in [0, 1]")
+LAMBDA = Parameter("lambda", Finite, per_model=False, default=1.0,
+                   description="scale of the combined task vector")
+NORMALIZE = Parameter("normalize", bool, per_model=False, default=False,
+                      description="divide by the sum of the (agreeing, for TIES) weights")
+BLOCK_SIZE = Parameter("block_size", BlockSize, per_model=False, default=32,
+                       description="m of n:m; n = round(density * m)")
+
+
+@dataclass(frozen=True)
+class SparsifierStrategy:
+    """Which positions of a task vector survive, and everything the product says about it.
+
+    ``card_sentence`` may hold ``{blocks}`` (``a block`` or ``every block of 16``), filled
+    by the card where the strategy has blocks.
+    """
+
+    kernel: Sparsifier
+    rescales: bool
+    table_words: str
+    card_sentence: str
+    papers: tuple[Paper, ...] = ()
+    extra_parameters: tuple[Parameter, ...] = ()
+
+    @property
+    def has_blocks(self) -> bool:
+        """Whether the tensor is cut into blocks of ``block_size`` (n:m)."""
+        return BLOCK_SIZE in self.extra_parameters
+
+
+NM_BLOCKS = SparsifierStrategy(
+    kernel=Sparsifier.NM, rescales=False, table_words="n:m blocks",
+    card_sentence=("balanced n:m magnitude pruning (in {blocks} consecutive weights the "
+                   "n = round(density · m) largest |τ| are kept)"),
+    extra_parameters=(BLOCK_SIZE,),
+)
+MAGNITUDE = SparsifierStrategy(
+    kernel=Sparsifier.MAGNITUDE, rescales=False, table_words="magnitude (per tensor)",
+    card_sentence="magnitude pruning (in each tensor the share `density` with the largest |τ| is kept)",
+)
+RANDOM_DARE = SparsifierStrategy(
+    kernel=Sparsifier.RANDOM, rescales=True, table_words="random (DARE, x 1/density)",
+    card_sentence=(f"DARE random dropping ([{DARE_PAPER.label}]({DARE_PAPER.url}): in each tensor a "
+                   "random share `density` is kept and rescaled by 1/density)"),
+    papers=(DARE_PAPER,),
+)
+SPARSIFIERS: tuple[SparsifierStrategy, ...] = (NM_BLOCKS, MAGNITUDE, RANDOM_DARE)
+
+
+def strategy_for(kernel: Sparsifier) -> SparsifierStrategy:
+    """The strategy whose kernel key is ``kernel``."""
+    return next(s for s in SPARSIFIERS if s.kernel is kernel)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One registered name: sparsifier x conflict-aware x combine, and how the paper and
+    the card call it."""
+
+    name: str
+    sparsifier: SparsifierStrategy
+    conflict_aware: bool
+    combine: Combine
+    pretty_name: str
+    paper_row: str
+    recipe: Recipe = field(init=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "recipe", Recipe(self.sparsifier.kernel, self.conflict_aware,
+                                                  self.combine))
+
+    @property
+    def parameters(self) -> tuple[Parameter, ...]:
+        return (WEIGHT, DENSITY, LAMBDA, NORMALIZE) + self.sparsifier.extra_parameters
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+    @property
+    def papers(self) -> tuple[Paper, ...]:
+        """CABS (every method here is a row of its ablation), TIES where it combines, then
+        the sparsifier's own."""
+        ties = (TIES_PAPER,) if self.combine is Combine.TIES else ()
+        return (CABS_PAPER,) + ties + self.sparsifier.papers
+
+
+_SUM, _TIES = Combine.SUM, Combine.TIES
+
+METHOD_TABLE: tuple[MethodInfo, ...] = (
+    MethodInfo("cabs", NM_BLOCKS, True, _SUM, "CABS", "CABS"),
+    MethodInfo("cabs_ties", NM_BLOCKS, True, _TIES, "CABS with TIES", "TIES + CABS"),
+    MethodInfo("nm_linear", NM_BLOCKS, False, _SUM, "n:m Task Arithmetic", "BS only (TA + BS)"),
+    MethodInfo("nm_ties", NM_BLOCKS, False, _TIES, "n:m TIES", "TIES + BS"),
+    MethodInfo("magnitude_linear", MAGNITUDE, False, _SUM, "Magnitude Task Arithmetic", "TA + magnitude"),
+    MethodInfo("ca_magnitude_linear", MAGNITUDE, True, _SUM, "Conflict-Aware Magnitude Task Arithmetic", "CA only"),
+    MethodInfo("ca_ties", MAGNITUDE, True, _TIES, "Conflict-Aware TIES", "TIES + CA"),
+    MethodInfo("ca_dare_linear", RANDOM_DARE, True, _SUM, "Conflict-Aware Linear DARE", "DARE + CA"),
+    MethodInfo("ca_dare_ties", RANDOM_DARE, True, _TIES, "Conflict-Aware DARE TIES", "TIES + DARE + CA"),
+)
+
+METHODS_BY_NAME = {info.name: info for info in METHOD_TABLE}
+
+
+def parameter_specs(recipe: Recipe) -> tuple[Parameter, ...]:
     """Parameters of a recipe; ``block_size`` exists only where blocks do (n:m)."""
-    specs = [
-        ParameterSpec("weight", Finite, ParameterScope.NON_BASE, default=1.0,
-                      description="scale of the model's pruned task vector"),
-        ParameterSpec("density", Density, ParameterScope.NON_BASE,
-                      description="kept fraction of the task vector, in [0, 1]"),
-        ParameterSpec("lambda", Finite, ParameterScope.SHARED, default=1.0,
-                      description="scale of the combined task vector"),
-        ParameterSpec("normalize", bool, ParameterScope.SHARED, default=False,
-                      description="divide by the sum of the (agreeing, for TIES) weights"),
-    ]
-    if recipe.sparsifier is Sparsifier.NM:
-        specs.append(ParameterSpec("block_size", BlockSize, ParameterScope.SHARED, default=32,
-                                   description="m of n:m; n = round(density * m)"))
-    return tuple(specs)
-
-
-class SparseTaskArithmeticMerge(GroupMergeMethod):
-    """Task arithmetic over sparsified task vectors, configured by a ``Recipe``."""
-
-    def __init__(self, info: MethodInfo):
-        self.info = info
-        self.spec = MergeMethodSpec(
-            name=info.name,
-            pretty_name=info.pretty_name,
-            reference_url=CABS_URL,
-            parameters=parameter_specs(info.recipe),
-            contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
-        )
-
-    def validate_inputs(
-        self,
-        input_ids: Sequence[Hashable],
-        base_id: Optional[Hashable] = None,
-        *,
-        group_name: Optional[str] = None,
-    ) -> None:
-        check_group_inputs(self.info.name, input_ids, base_id, group_name)
-        super().validate_inputs(input_ids, base_id, group_name=group_name)
-
-    def merge_group(self, group: TensorGroup, /, **params: Any) -> torch.Tensor:
-        name = group.metadata.name or "<unnamed tensor>"
-        if not group.base.tensor.is_floating_point():
-            return agreed_buffer(name, [(e.id, e.tensor) for e in group.entries])
-        entries = group.non_base
-        densities = [params["density"][e.id] for e in entries]
-        block_size = params.get("block_size", 1)
-        if self.info.recipe.sparsifier is Sparsifier.NM:
-            check_keep_counts(self.info.name, name, [e.id for e in entries], densities, block_size)
-        merge_log.record(
-            (self.info.name, group.base.id, tuple(e.id for e in entries)),
-            merge_log.TensorRecord(name, group.base.tensor.numel(), tuple(densities),
-                                   tuple(params["weight"][e.id] for e in entries),
-                                   block_size if self.info.recipe.sparsifier is Sparsifier.NM
-                                   else None))
-        seed = torch.initial_seed()
-        merged = merge_tensor(
-            self.info.recipe,
-            group.base.tensor,
-            [e.tensor for e in entries],
-            MergeArgs(
-                weights=[params["weight"][e.id] for e in entries],
-                densities=densities,
-                block_size=block_size,
-                lam=params["lambda"],
-                normalize=params["normalize"],
-                seeds=[tensor_seed(seed, name, i) for i in range(len(entries))],
-                chunk_blocks=max(1, CHUNK_ELEMENTS // block_size),
-            ),
-        )
-        # A NaN or inf in any input reaches the result (dropped entries are tau * 0), so one
-        # pass over the result stands in for one per input; those are read only to name it.
-        # The sum is the fast test (half the time of isfinite on bf16); only if it is not
-        # finite, which a large finite sum can also cause, is every value checked.
-        if not (bool(torch.isfinite(merged.sum(dtype=torch.float32)))
-                or bool(torch.isfinite(merged).all())):
-            check_tensors_finite(name, [(e.id, e.tensor) for e in group.entries])
-            raise MergeConfigError(
-                f"{self.info.name}: merging tensor {name} gives values beyond the range of "
-                f"{merged.dtype}; lower weight or lambda."
-            )
-        return merged
-
-
-_SPARSIFIER_WORDS = {_NM: "n:m blocks", _MAG: "magnitude (per tensor)", _RND: "random (DARE, x 1/density)"}
+    return next(i for i in METHOD_TABLE if i.recipe == recipe).parameters
 
 
 def method_table_markdown() -> str:
@@ -172,17 +194,118 @@ def method_table_markdown() -> str:
     rows = ["| `merge_method` | sparsifier | conflict-aware | combine | paper row | parameters |",
             "|---|---|---|---|---|---|"]
     for info in METHOD_TABLE:
-        recipe = info.recipe
         rows.append(
-            f"| `{info.name}` | {_SPARSIFIER_WORDS[recipe.sparsifier]} | "
-            f"{'yes' if recipe.conflict_aware else 'no'} | "
-            f"{'TIES' if recipe.combine is _TIES else 'sum'} | {info.paper_row} | "
+            f"| `{info.name}` | {info.sparsifier.table_words} | "
+            f"{'yes' if info.conflict_aware else 'no'} | "
+            f"{'TIES' if info.combine is _TIES else 'sum'} | {info.paper_row} | "
             + ", ".join(f"`{p}`" for p in info.parameter_names) + " |"
         )
     return "\n".join(rows)
 
 
-def build_methods() -> tuple[SparseTaskArithmeticMerge, ...]:
-    return tuple(SparseTaskArithmeticMerge(info) for info in METHOD_TABLE)
+# ---- checks every host runs while it plans (before any tensor loads) ----
+
+def check_settings(info: MethodInfo, shared_sources: Iterable[Optional[Mapping[str, Any]]],
+                   model_sources: Iterable[tuple[Any, Iterable[Optional[Mapping[str, Any]]]]]) -> None:
+    """The keys a config sets for ``info``: unknown ones (a host would drop them silently),
+    shared ones set for one model, and ``block_size`` rules. ``model_sources`` holds each
+    model's own settings, without the shared ones."""
+    shared_only = [p.name for p in info.parameters if not p.per_model]
+    for settings in shared_sources:
+        check_setting_keys(info.name, info.parameter_names, settings, "shared `parameters:`")
+        if settings and "block_size" in settings:
+            check_block_size_setting(info.name, settings["block_size"])
+    for model, sources in model_sources:
+        for settings in sources:
+            check_setting_keys(info.name, info.parameter_names, settings, f"model {model}",
+                               shared_only)
 
 
+def validated(info: MethodInfo, tensor_name: str, raw: Mapping[str, Any], model: Any = None) -> dict:
+    """Shared (``model`` None) or one model's resolved raw values, validated; ``None`` or a
+    missing key stands for "not set". Errors name the parameter, the owner and the fix."""
+    values = {}
+    for parameter in info.parameters:
+        if parameter.per_model != (model is not None):
+            continue
+        value = raw.get(parameter.name)
+        if value is None and parameter.required:
+            raise parameter_error(info.name, parameter.name, model, tensor_name, None)
+        try:
+            values[parameter.name] = parameter.validate(parameter.default if value is None else value)
+        except ValueError as error:
+            raise parameter_error(info.name, parameter.name, model, tensor_name, error) from None
+    return values
+
+
+def check_planned(info: MethodInfo, tensor_name: str, models: Sequence[Any],
+                  densities: Sequence[float], shared: Mapping[str, Any]) -> None:
+    """Checks that span parameters, on one tensor's resolved values: n:m keep counts."""
+    if not info.sparsifier.has_blocks:
+        return
+    check_keep_counts(info.name, tensor_name, models, densities, shared["block_size"])
+    if info.conflict_aware:
+        warn_if_counts_overlap(info.name, tensor_name, models, densities, shared["block_size"])
+
+
+# ---- the one call into the kernels ----
+
+@dataclass(frozen=True)
+class GroupInputs:
+    """One tensor as a host hands it over: the base and each fine-tuned model's tensor in
+    merge order (``(model, tensor)`` pairs), their weights and densities, and the shared
+    parameters (``lambda``, ``normalize``, ``block_size`` where the sparsifier has blocks)."""
+
+    tensor_name: str
+    base: tuple[Hashable, torch.Tensor]
+    tuned: tuple[tuple[Hashable, torch.Tensor], ...]
+    weights: tuple[float, ...]
+    densities: tuple[float, ...]
+    shared: Mapping[str, Any]
+
+
+def merge_group_tensor(info: MethodInfo, inputs: GroupInputs, seed: int) -> torch.Tensor:
+    """The merged tensor of ``inputs`` by ``info``'s recipe; ``seed`` is the host's torch
+    seed (the DARE variants' masks are drawn from it and the tensor's name)."""
+    name = inputs.tensor_name
+    base_id, base = inputs.base
+    models = [model for model, _ in inputs.tuned]
+    if not base.is_floating_point():
+        return agreed_buffer(name, [inputs.base, *inputs.tuned])
+    block_size = inputs.shared.get("block_size", 1)
+    if info.sparsifier.has_blocks:
+        check_keep_counts(info.name, name, models, inputs.densities, block_size)
+    merge_log.record(
+        (info.name, base_id, tuple(models)),
+        merge_log.TensorRecord(name, base.numel(), tuple(inputs.densities), tuple(inputs.weights),
+                               block_size if info.sparsifier.has_blocks else None))
+    merged = merge_tensor(
+        info.recipe,
+        base,
+        [tensor for _, tensor in inputs.tuned],
+        MergeArgs(
+            weights=tuple(inputs.weights),
+            densities=tuple(inputs.densities),
+            block_size=block_size,
+            lam=inputs.shared["lambda"],
+            normalize=inputs.shared["normalize"],
+            seeds=tuple(tensor_seed(seed, name, i) for i in range(len(models))),
+            chunk_blocks=max(1, CHUNK_ELEMENTS // block_size),
+        ),
+    )
+    check_merged_finite(info, inputs, merged)
+    return merged
+
+
+def check_merged_finite(info: MethodInfo, inputs: GroupInputs, merged: torch.Tensor) -> None:
+    """A NaN or inf in any input reaches the result (dropped entries are tau * 0), so one
+    pass over the result stands in for one per input; those are read only to name it.
+    The sum is the fast test (half the time of isfinite on bf16); only if it is not finite,
+    which a large finite sum can also cause, is every value checked."""
+    if bool(torch.isfinite(merged.sum(dtype=torch.float32))) or bool(torch.isfinite(merged).all()):
+        return
+    check_tensors_finite(inputs.tensor_name, [inputs.base, *inputs.tuned])
+    raise MergeConfigError(
+        f"{info.name}: merging tensor {inputs.tensor_name} gives values beyond the range of "
+        f"{merged.dtype}; lower weight or lambda."
+    )

@@ -1,9 +1,9 @@
 """Checks of merge inputs, each failing with a message that names the culprit and the fix.
 
-Pure Python plus torch; MergeKit calls these through the method class (every pipeline)
-and, during planning, through ``planning_checked`` (installed by ``compat``; before any
-tensor loads). Shapes are checked by MergeKit itself when a tensor group merges, after its
-``tokenizer:`` settings have aligned the vocabularies.
+Pure Python plus torch, no host: ``mergekit_cabs.methods`` combines them into the checks
+every host adapter (``mergekit_cabs.hosts``) runs while its host plans, before any tensor
+loads, and when a tensor merges. Shapes are checked by the host itself when a tensor group
+merges, after its ``tokenizer:`` settings have aligned the vocabularies.
 """
 
 from __future__ import annotations
@@ -118,6 +118,18 @@ def check_tensors_finite(tensor: str, inputs: Iterable[tuple[Any, torch.Tensor]]
             )
 
 
+def check_same_shapes(tensor: str, base: tuple[Any, torch.Tensor],
+                      tuned: Sequence[tuple[Any, torch.Tensor]]) -> None:
+    """Every model's tensor has the base's shape (hosts with the new API check it themselves)."""
+    for model, value in tuned:
+        if value.shape != base[1].shape:
+            raise MergeConfigError(
+                f"Tensor size mismatch for {tensor}: model {model} has {tuple(value.shape)}, the "
+                f"base {base[0]} has {tuple(base[1].shape)}. Merge models of one architecture and "
+                "size; for a resized vocabulary set `tokenizer:` (or `tokenizer_source:`)."
+            )
+
+
 def agreed_buffer(tensor: str, inputs: Sequence[tuple[Any, torch.Tensor]]) -> torch.Tensor:
     """An integer or bool buffer has no task vector: pass it through if all models agree."""
     (_, first), *rest = inputs
@@ -167,6 +179,11 @@ def _is_gradient(value: Any) -> bool:
     )
 
 
+def _as_written(values: list) -> str:
+    """A gradient as the YAML wrote it: old hosts parse ``[16, 64]`` as ``[16.0, 64.0]``."""
+    return "[" + ", ".join(f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in values) + "]"
+
+
 def check_block_size_setting(method: str, setting: Any) -> None:
     """block_size is one integer per tensor: a gradient, plain or as a filter's value,
     would interpolate to fractional block sizes."""
@@ -176,7 +193,7 @@ def check_block_size_setting(method: str, setting: Any) -> None:
         if _is_gradient(value):
             where = f" (filter {condition.filter!r})" if hasattr(condition, "filter") else ""
             raise MergeConfigError(
-                f"{method}: block_size {value}{where} is a per-layer gradient, which would "
+                f"{method}: block_size {_as_written(value)}{where} is a per-layer gradient, which would "
                 "interpolate to fractional block sizes. Give one integer, or per-tensor "
                 "integers with filters: [{filter: mlp, value: 128}, {value: 256}]."
             )
@@ -221,82 +238,17 @@ def _validation_message(error: Exception) -> str:
     return str(error)
 
 
-def _explain_resolution_error(resolve_parameter: Any, spec: Any, tensor_name: str, inputs: dict,
-                              sources: Any, base_model: Any, t: float) -> None:
-    """Re-resolve parameter by parameter to say which one, for which model, failed."""
-    targets = [(p, None) for p in spec.shared_parameters]
-    targets += [
-        (p, model)
-        for model in inputs
-        for p in spec.input_parameters
-        if model != base_model or p.scope.value == "input"
-    ]
-    for parameter, model in targets:
-        try:
-            resolve_parameter(
-                parameter, tuple(sources(model)), tensor_name=tensor_name, model=model, t=t
-            )
-        except Exception as error:  # noqa: BLE001 - re-raised with its context
-            owner = f"model {model}" if model is not None else "the shared `parameters:`"
-            if "Missing required parameter" in str(error):
-                raise MergeConfigError(
-                    f"{spec.name}: {owner} has no `{parameter.name}` (tensor {tensor_name}). "
-                    f"Set it per model or once under `parameters:`, e.g. {parameter.name}: 0.25."
-                ) from None
-            raise MergeConfigError(
-                f"{spec.name}: invalid `{parameter.name}` for {owner} (tensor "
-                f"{tensor_name}): {_validation_message(error)}."
-            ) from None
-
-
-def own_settings(sources: Any, model: Any) -> list:
-    """The settings a model sets itself: its sources that the shared ones do not include."""
-    shared = {id(s) for s in sources(None)}
-    return [s for s in sources(model) if id(s) not in shared]
-
-
-def planning_checked(resolve_parameters: Any) -> Any:
-    """MergeKit's ``resolve_parameters``, checking our methods' settings as it resolves them.
-
-    MergeKit 0.1.5 resolves every tensor's parameters while it plans and only starts
-    loading after planning succeeds; it has no hook for checks that span parameters
-    (density with block_size) or for keys it silently drops.
-    """
-    from mergekit.parameter_resolver import resolve_parameter
-
-    from mergekit_cabs.methods import METHODS_BY_NAME
-
-    def checked(spec, *, tensor_name, inputs, sources, base_model=None, t=0):
-        info = METHODS_BY_NAME.get(spec.name)
-        if info is None:
-            return resolve_parameters(spec, tensor_name=tensor_name, inputs=inputs,
-                                      sources=sources, base_model=base_model, t=t)
-        known = info.parameter_names
-        shared_only = [p.name for p in spec.shared_parameters]
-        for settings in sources(None):
-            check_setting_keys(spec.name, known, settings, "shared `parameters:`")
-            if settings and "block_size" in settings:
-                check_block_size_setting(spec.name, settings["block_size"])
-        for model in inputs:
-            for settings in own_settings(sources, model):
-                check_setting_keys(spec.name, known, settings, f"model {model}", shared_only)
-        try:
-            shared, per_input = resolve_parameters(
-                spec, tensor_name=tensor_name, inputs=inputs, sources=sources,
-                base_model=base_model, t=t)
-        except Exception:
-            _explain_resolution_error(resolve_parameter, spec, tensor_name, inputs, sources,
-                                      base_model, t)
-            raise
-        if "block_size" in shared:
-            models = [m for m in per_input if m != base_model]
-            densities = [per_input[m]["density"] for m in models]
-            check_keep_counts(spec.name, tensor_name, models, densities, shared["block_size"])
-            if info.recipe.conflict_aware:
-                warn_if_counts_overlap(spec.name, tensor_name, models, densities,
-                                       shared["block_size"])
-        return shared, per_input
-
-    checked.__mergekit_cabs__ = True
-    checked.__wrapped__ = resolve_parameters
-    return checked
+def parameter_error(method: str, parameter: str, model: Any, tensor_name: str,
+                    error: Optional[Exception]) -> MergeConfigError:
+    """The error for ``parameter`` of ``model`` (None: the shared ones): missing where
+    ``error`` is None, else invalid with the validator's reason."""
+    owner = f"model {model}" if model is not None else "the shared `parameters:`"
+    if error is None:
+        return MergeConfigError(
+            f"{method}: {owner} has no `{parameter}` (tensor {tensor_name}). "
+            f"Set it per model or once under `parameters:`, e.g. {parameter}: 0.25."
+        )
+    return MergeConfigError(
+        f"{method}: invalid `{parameter}` for {owner} (tensor "
+        f"{tensor_name}): {_validation_message(error)}."
+    )

@@ -55,3 +55,28 @@ def run_mergekit_yaml_in_process(config_path, out_path, *flags):
 
     result = CliRunner().invoke(main, [str(config_path), str(out_path), "--no-copy-tokenizer", *flags])
     return result.exit_code, f"{result.output}\n{result.exception!r}\n{result.exception}"
+
+
+# The host the host tier (`-m host`) runs on: CI runs it once per host venv.
+HOST = os.environ.get("MERGEKIT_CABS_TEST_HOST", "mergekit")
+HOST_YAML = str(Path(sys.executable).with_name(f"{HOST}-yaml"))
+
+
+def run_host_yaml(config_path, out_path, *flags, env=None, cwd=None):
+    """The host's own `*-yaml` command in a subprocess: nothing of ours imported first."""
+    return subprocess.run(
+        [HOST_YAML, str(config_path), str(out_path), "--no-copy-tokenizer", *flags],
+        capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300,
+    )
+
+
+def run_host_yaml_in_process(config_path, out_path, *flags):
+    """The host's `*-yaml` command, called in this process: (exit code, error text)."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    main = importlib.import_module(f"{HOST}.scripts.run_yaml").main
+    result = CliRunner().invoke(main, [str(config_path), str(out_path), "--no-copy-tokenizer", *flags])
+    return result.exit_code, f"{result.output}\n{result.exception!r}\n{result.exception}"

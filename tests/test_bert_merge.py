@@ -1,4 +1,4 @@
-"""BERT-family models merge through plain `mergekit-yaml` (compat.plan_tensor_with_concatenable_aliases).
+"""BERT-family models merge through plain `mergekit-yaml` (hosts.mergekit_new.plan_tensor_with_concatenable_aliases).
 
 MergeKit 0.1.5 plans BERT's optional weights that have aliases (``position_ids``) with
 ``[name] + aliases`` on a tuple and crashes before loading anything; the plugin's start-up
