@@ -70,6 +70,18 @@ def masks(taus, densities, m, scores=None, conflict_aware=True):
     return out
 
 
+def election_total(taus, scale, ms, j):
+    """The TIES election's total at position ``j`` as the kernels define it: each term
+    ``float32(s_i) * tau_i`` rounded to float32, added in task order in float32. Where the
+    exact total is 0 (terms that cancel), only this rounding decides the sign, so the
+    reference must round as the definition does, not sum in float64."""
+    total = torch.zeros((), dtype=torch.float32)
+    for tau, s, mask in zip(taus, scale, ms):
+        if mask[j]:
+            total += torch.tensor(s, dtype=torch.float32) * torch.tensor(tau[j], dtype=torch.float32)
+    return float(total)
+
+
 def merge(base, tuned, weights, densities, *, sparsifier, conflict_aware, combine,
           block_size=None, lam=1.0, normalize=False, scores=None):
     """Reference merged tensor (float32) for one tensor."""
@@ -87,7 +99,7 @@ def merge(base, tuned, weights, densities, *, sparsifier, conflict_aware, combin
     for j in range(numel):
         col = [d[i][j] for i in range(len(d))]
         if combine == "ties":
-            sign = 1.0 if sum(col) >= 0 else -1.0
+            sign = 1.0 if election_total(taus, scale, ms, j) >= 0 else -1.0
             agree = [i for i, v in enumerate(col) if v != 0 and math.copysign(1, v) == sign]
             total = sum(col[i] for i in agree)
             if normalize:
