@@ -38,12 +38,23 @@ def save_smollm2_base(out: Path) -> str:
     if (out / "config.json").is_file():
         return str(out)
     gguf = find_smollm2_gguf()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16,
+                                                 **dequantizing(gguf.name))
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
     return str(out)
+
+
+def dequantizing(gguf_file: str) -> dict:
+    """``from_pretrained`` arguments that unpack a GGUF file into dense weights: newer
+    transformers (with ``GgufConfig``) keep them in GGUF blocks, which cannot be saved."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize
+        return {}
+    return {"quantization_config": GgufConfig(gguf_file=gguf_file, dequantize=True)}
 
 
 def save_descendants(base: str, root: Path, count: int, scale: float = 0.02, seed: int = 0) -> list[str]:
