@@ -22,7 +22,7 @@ from pydantic import AfterValidator, TypeAdapter
 from typing_extensions import Annotated
 
 from mergekit_cabs import merge_log
-from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, merge_tensor, tensor_seed
+from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, checked_merge, tensor_seed
 from mergekit_cabs.papers import CABS_PAPER, CABS_URL, DARE_PAPER, TIES_PAPER, Paper
 from mergekit_cabs.validation import (
     MergeConfigError,
@@ -279,7 +279,7 @@ def merge_group_tensor(info: MethodInfo, inputs: GroupInputs, seed: int) -> torc
         (info.name, base_id, tuple(models)),
         merge_log.TensorRecord(name, base.numel(), tuple(inputs.densities), tuple(inputs.weights),
                                block_size if info.sparsifier.has_blocks else None))
-    merged = merge_tensor(
+    merged, finite = checked_merge(
         info.recipe,
         base,
         [tensor for _, tensor in inputs.tuned],
@@ -293,17 +293,15 @@ def merge_group_tensor(info: MethodInfo, inputs: GroupInputs, seed: int) -> torc
             chunk_blocks=max(1, CHUNK_ELEMENTS // block_size),
         ),
     )
-    check_merged_finite(info, inputs, merged)
+    if not finite:
+        refuse_nonfinite_merge(info, inputs, merged)
     return merged
 
 
-def check_merged_finite(info: MethodInfo, inputs: GroupInputs, merged: torch.Tensor) -> None:
-    """A NaN or inf in any input reaches the result (dropped entries are tau * 0), so one
-    pass over the result stands in for one per input; those are read only to name it.
-    The sum is the fast test (half the time of isfinite on bf16); only if it is not finite,
-    which a large finite sum can also cause, is every value checked."""
-    if bool(torch.isfinite(merged.sum(dtype=torch.float32))) or bool(torch.isfinite(merged).all()):
-        return
+def refuse_nonfinite_merge(info: MethodInfo, inputs: GroupInputs, merged: torch.Tensor) -> None:
+    """A NaN or inf in any input reaches the result (dropped entries are tau * 0), so the
+    kernels' test of the result stands in for one pass per input; those are read only
+    here, to name the model."""
     check_tensors_finite(inputs.tensor_name, [inputs.base, *inputs.tuned])
     raise MergeConfigError(
         f"{info.name}: merging tensor {inputs.tensor_name} gives values beyond the range of "

@@ -8,15 +8,16 @@ Modules, in the direction data flows (each imports only those before it):
   linear, ``masked_merge``), ``per_tensor`` (the chunked per-tensor merge), ``torch_path``
   (its ``merge_chunk``);
 - ``compiled``: the same ``merge_chunk`` in numba, with ``supports(recipe, base, tuned)``;
-- ``dispatch``: ``merge_tensor(recipe, base, tuned, args)``, which picks the path once and
-  cuts the tensor into chunks. ``compiled`` is imported on first use only.
+- ``dispatch``: ``checked_merge(recipe, base, tuned, args)`` (the tensor and whether it is
+  finite) and ``merge_tensor`` (the tensor), which pick the path once and cut the tensor
+  into chunks. ``compiled`` is imported on first use only.
 
 This package re-exports the names other modules use, so ``from mergekit_cabs.kernels
 import merge_tensor, MergeArgs`` is the way in.
 """
 
 from mergekit_cabs.kernels.combine import linear_combine, masked_merge, ties_combine
-from mergekit_cabs.kernels.dispatch import TORCH_KERNELS_ENV, compiled_module, merge_tensor
+from mergekit_cabs.kernels.dispatch import TORCH_KERNELS_ENV, Merged, checked_merge, compiled_module, merge_tensor
 from mergekit_cabs.kernels.masks import (
     block_top_mask,
     conflict_aware_masks,
@@ -46,7 +47,8 @@ from mergekit_cabs.kernels.rules import (
 )
 
 __all__ = [
-    "TORCH_KERNELS_ENV", "Combine", "MergeArgs", "Recipe", "Sparsifier", "block_top_mask",
+    "TORCH_KERNELS_ENV", "Combine", "MergeArgs", "Merged", "Recipe", "Sparsifier", "block_top_mask",
+    "checked_merge",
     "compiled_module", "conflict_aware_masks", "keep_count", "linear_combine", "magnitude_mask",
     "masked_merge", "merge_scales", "merge_tensor", "mix32", "nm_mask", "normalizer",
     "per_tensor_merge", "random_mask", "random_score_keys", "random_scores", "round_half_up",

@@ -75,16 +75,17 @@ _KERNELS = {
 }
 _TIES_FLAG = {Combine.SUM: False, Combine.TIES: True}  # the combines ``_combine_tile`` implements
 
-_TILE = 4096  # elements per tile: scratch of k + 3 float32 rows stays in L1/L2
+_TILE = 1024  # elements per tile: a thread's scratch (about 2k + 6 rows) stays in L1
 _OFFSET = np.uint32(CLAIMED_OFFSET)
 _NO_KEY = np.uint32(0xFFFFFFFF)  # above every key (the largest is a free NaN, 0xFF800000)
 _ABS = np.uint32(0x7FFFFFFF)
+_EXPONENT = np.uint32(0x7F800000)  # all exponent bits set: inf or NaN
 _U32 = np.uint64(0xFFFFFFFF)
 _SHIFTS = tuple(np.uint64(s) for s in MIX32_SHIFTS)
 _MULTIPLIERS = tuple(np.uint64(c) for c in MIX32_MULTIPLIERS)
 _DRAW_SHIFT = np.uint64(32 - RANDOM_SCORE_BITS)
 _DRAW_STEP = np.float32(2.0 ** -RANDOM_SCORE_BITS)
-_GALLOP_STEP = np.int64(1 << 20)  # first step away from a block's hint: ~1/8 of a binade of keys
+_KEY16_TOP = 0xFFFF  # the largest high (or low) half of a key
 _RADIX_BITS = 16  # per-tensor selection: two histogram passes of 2^16 bins
 
 
@@ -95,6 +96,13 @@ class _Sources(NamedTuple):
     addresses: np.ndarray
     bf16: bool
     numel: int
+
+
+class _Output(NamedTuple):
+    """The flat output tensor: ``address`` (int64), ``bf16`` (else float32)."""
+
+    address: int
+    bf16: bool
 
 
 class _Blocks(NamedTuple):
@@ -201,7 +209,7 @@ def _from_top(histogram, quota):
     return 0, above
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _trivial_threshold(quota, length):
     """``(t, room)`` keeping none of ``length`` keys (``quota <= 0``) or all of them."""
     if quota <= 0:
@@ -209,67 +217,167 @@ def _trivial_threshold(quota, length):
     return np.uint32(0), length
 
 
-@njit(cache=True)
-def _count_at_least(keys, length, threshold):
-    """``#{j < length : keys[j] >= threshold}`` (branch-free: vectorises)."""
-    count = 0
-    for j in range(length):
-        count += keys[j] >= threshold
+@njit(cache=True, inline="always")
+def _count16(keys16, first, width, value):
+    """``#{j < width : keys16[first + j] >= value}``, ``value`` a uint16. The count is an
+    int32 (an int64 one would vectorise in 8 lanes instead of 32); unsigned indices need no
+    wraparound test, which would also stop vectorisation, and no view is made (a view is
+    reference-counted)."""
+    count = np.int32(0)
+    start = np.uint64(first)
+    for j in range(np.uint64(width)):
+        count = np.int32(count + np.int32(keys16[start + j] >= value))
     return count
 
 
-@njit(cache=True)
-def _block_threshold(keys, length, quota, hint):
-    """``(t, room)`` of a top-``quota`` selection of ``keys[:length]``: keep ``key > t`` and
-    the first ``room`` keys equal to ``t``.
+# The search state of a tile's blocks: one int64 array, row per field (a tuple of arrays
+# would be unpacked, and reference-counted, in every per-block call).
+_LO, _HI, _EXACT, _QUOTA = 0, 1, 2, 3
 
-    Search, one vectorised count per step, for the largest ``t`` with ``#{key >= t} >= quota``
-    (the quota-th largest key; then ``room = quota - #{key > t}``) inside ``[min, max]``. It
-    stops early at a ``c`` with exactly ``quota`` keys ``>= c``: those are the winners,
-    whatever the keys below, so ``(c - 1, 0)``. Neighbouring blocks have similar thresholds,
-    so the first probe is ``hint`` (the last block's), then probes gallop away from it in
-    growing steps until the count crosses ``quota``, then bisection. The result does not
-    depend on ``hint``; the step count does: ~log2(|t - hint| / gap at t), not 32."""
-    if quota <= 0 or quota >= length:
-        return _trivial_threshold(quota, length)
-    low, high = keys[0], keys[0]
-    for j in range(length):
-        low = min(low, keys[j])
-        high = max(high, keys[j])
-    lo, hi = np.int64(low), np.int64(high)
-    probe, step = np.int64(hint), _GALLOP_STEP
-    galloping, rising, first = True, True, True
-    while lo < hi:
-        galloping = galloping and lo < probe <= hi
-        middle = probe if galloping else (lo + hi + 1) >> 1
-        count = _count_at_least(keys, length, np.uint32(middle))
-        if count == quota:
-            return np.uint32(middle - 1), 0
-        if count > quota:
-            lo = middle
+
+@njit(cache=True, inline="always")
+def _probe(keys16, block_size, length, b, value, search):
+    """Narrow block ``b``'s bracket ``[lo, hi]`` of its 16-bit cut (the largest ``c`` with
+    ``#{key16 >= c} >= quota``) by the count at ``value``: above the quota, the cut is at
+    least ``value``; below it, under ``value``; equal, the winners are exactly the keys
+    ``>= value`` whatever lies below (``exact``). In arithmetic, not branches: which case
+    holds is a coin toss, and a mispredicted branch costs more than the count. A bracket
+    that is already one value ``v`` probed at ``v`` stays as it is."""
+    first = b * block_size
+    count = _count16(keys16, first, min(block_size, length - first), np.uint16(value))
+    quota = search[_QUOTA, b]
+    at_least, hit = np.int64(count >= quota), np.int64(count == quota)
+    lo, hi = search[_LO, b], search[_HI, b]
+    search[_LO, b] = lo + at_least * (value - lo)
+    search[_HI, b] = hi + hit * (value - hi) + (1 - at_least) * (value - 1 - hi)
+    search[_EXACT, b] = search[_EXACT, b] | hit
+
+
+@njit(cache=True)
+def _bisect16(keys16, block_size, length, n_blocks, search, open_blocks):
+    """Bisect every block's bracket until all are one value, in rounds over the blocks
+    still open (their indices compacted into ``open_blocks``): the blocks' counts are
+    independent, so one block's count overlaps the next one's instead of waiting on it
+    (a block-at-a-time search is latency-bound), and a settled block costs nothing more."""
+    n_open = 0
+    for b in range(n_blocks):
+        open_blocks[n_open] = b
+        n_open += search[_LO, b] < search[_HI, b]
+    while n_open > 0:
+        for i in range(n_open):
+            b = open_blocks[i]
+            _probe(keys16, block_size, length, b, (search[_LO, b] + search[_HI, b] + 1) >> 1, search)
+        still_open = 0
+        for i in range(n_open):
+            b = open_blocks[i]
+            open_blocks[still_open] = b
+            still_open += search[_LO, b] < search[_HI, b]
+        n_open = still_open
+
+
+@njit(cache=True)
+def _start_brackets(keys16, block_size, length, n_blocks, quota, tail_quota, guess, search):
+    """Each block's quota and bracket: the whole 16-bit range, narrowed by probes at the
+    bounds of ``guess`` (the previous tile's cuts: neighbouring blocks have similar
+    thresholds); a trivial block (nothing or everything kept) gets ``[0, 0]``."""
+    for b in range(n_blocks):
+        width = min(block_size, length - b * block_size)
+        q = quota if width == block_size else tail_quota
+        search[_QUOTA, b] = q
+        search[_LO, b], search[_EXACT, b] = 0, 0
+        search[_HI, b] = 0 if q <= 0 or q >= width else _KEY16_TOP
+    if guess[0] > guess[1]:  # no guess yet
+        return
+    for bound in (guess[0], guess[1] + 1):
+        for b in range(n_blocks):
+            if search[_LO, b] < bound <= search[_HI, b]:
+                _probe(keys16, block_size, length, b, bound, search)
+
+
+@njit(cache=True, inline="always")
+def _kth_largest16(values, count, need):
+    """``(v, room)``: the ``need``-th largest of ``values[:count]`` (``1 <= need < count``)
+    and how many entries equal to it are among the ``need`` largest, by each entry's rank
+    (``count`` is the few keys sharing one high half: ~3 on smooth task vectors)."""
+    for i in range(count):
+        above, equal = 0, 0
+        for j in range(count):
+            above += values[j] > values[i]
+            equal += values[j] == values[i]
+        if above < need <= above + equal:
+            return values[i], need - above
+    return 0, 0  # unreachable: some entry holds the need-th rank
+
+
+@njit(cache=True)
+def _finish_cuts(keys, keys16, block_size, length, n_blocks, search, lows, cuts):
+    """``(t, room)`` of every block (keep ``key > t`` and the first ``room`` keys equal to
+    ``t``) into ``cuts`` from its 16-bit cut ``v``: if that count was exact, every key
+    ``>= v << 16``; else the keys above ``v`` and, among those whose high half is ``v``,
+    the largest low halves that complete the quota (collected into ``lows``). One call
+    per tile: a call per block would reference-count its arrays every time."""
+    for b in range(n_blocks):
+        first = b * block_size
+        width = min(block_size, length - first)
+        quota, cut = search[_QUOTA, b], search[_LO, b]
+        if quota <= 0 or quota >= width:
+            cuts[0, b], cuts[1, b] = _trivial_threshold(quota, width)
+        elif search[_EXACT, b]:
+            cuts[0, b], cuts[1, b] = (cut << 16) - 1, 0
         else:
-            hi = middle - 1
-        rising = count > quota if first else rising
-        first = False
-        galloping = galloping and (count > quota) == rising
-        probe = middle + step if rising else middle - step
-        step <<= 2
-    return np.uint32(lo), quota - _count_at_least(keys, length, np.uint32(lo + 1))
+            above = _count16(keys16, first, width, np.uint16(cut + 1)) if cut < _KEY16_TOP else 0
+            count = 0
+            for j in range(np.uint64(first), np.uint64(first + width)):  # compaction, branch-free
+                lows[count] = np.uint16(keys[j] & np.uint32(_KEY16_TOP))
+                count += keys16[j] == cut
+            low, room = _kth_largest16(lows, count, quota - above)
+            cuts[0, b], cuts[1, b] = (cut << 16) | low, room
 
 
 @njit(cache=True)
-def _select(keys, tau, length, threshold, room, ties_seen, kept):
-    """``kept[j]`` = 1.0 where ``key_j > t``, or ``key_j == t`` and it is at most the
-    ``room``-th such tie counting from ``ties_seen`` (lowest index first), and ``tau_j != 0``
-    (zeros are never kept); else 0.0. Returns the running tie count (once it reaches
-    ``room`` only that matters: no later tie is kept).
+def _tile_cuts(keys, keys16, block_size, length, quota, tail_quota, guess, search, lows, cuts):
+    """One task's ``(t, room)`` of every block of a tile into ``cuts`` (two rows), by a
+    lockstep search on the keys' high halves and an exact finish on the low halves
+    (``lows``: a block of scratch); ``guess`` becomes the range of this tile's 16-bit cuts."""
+    n_blocks = (length + block_size - 1) // block_size
+    _start_brackets(keys16, block_size, length, n_blocks, quota, tail_quota, guess, search)
+    _bisect16(keys16, block_size, length, n_blocks, search, cuts[0])
+    _finish_cuts(keys, keys16, block_size, length, n_blocks, search, lows, cuts)
+    guess[0], guess[1] = _KEY16_TOP, 0
+    for b in range(n_blocks):
+        if search[_LO, b] > 0:  # a searched block (a trivial one's cut is 0)
+            guess[0], guess[1] = min(guess[0], search[_LO, b]), max(guess[1], search[_LO, b])
+
+
+@njit(cache=True, inline="always")
+def _select(keys, tau, first, width, threshold, room, ties_seen, kept):
+    """``kept[j]`` (``first <= j < first + width``) = 1.0 where ``key_j > t``, or
+    ``key_j == t`` and it is at most the ``room``-th such tie counting from ``ties_seen``
+    (lowest index first), and ``tau_j != 0`` (zeros are never kept); else 0.0. Returns the
+    running tie count (once it reaches ``room`` only that matters: no later tie is kept).
 
     Only a run whose ties straddle the ``room``-th needs the running count; otherwise all of
-    its ties are in (``key >= t``) or all out (``key > t``), branch-free."""
+    its ties are in (``key >= t``) or all out (``key > t``), branch-free. Indices are
+    unsigned: no wraparound test, no view."""
+    span = range(np.uint64(first), np.uint64(first + width))
     if ties_seen >= room:  # no tie of this run is kept
-        for j in range(length):
+        for j in span:
             kept[j] = np.float32((keys[j] > threshold) & (tau[j] != 0))
         return ties_seen
+    ties = 0
+    for j in span:
+        ties += keys[j] == threshold
+    if ties_seen + ties <= room:  # every tie of this run is kept
+        for j in span:
+            kept[j] = np.float32((keys[j] >= threshold) & (tau[j] != 0))
+        return ties_seen + ties
+    for j in span:
+        key = keys[j]
+        tie = key == threshold
+        ties_seen += tie
+        chosen = (key > threshold) | (tie & (ties_seen <= room))
+        kept[j] = np.float32(chosen & (tau[j] != 0))
+    return ties_seen
     ties = 0
     for j in range(length):
         ties += keys[j] == threshold
@@ -293,24 +401,21 @@ def _combine_scratch(size):
 
 
 @njit(cache=True)
-def _combine_tile(params, base_vals, taus, kept, length, scratch, out):
-    """``out[:length] = base + lam * combine(deltas)`` with ``deltas_i = (tau_i * s_i) * kept_i``
-    (a dropped entry is a signed zero; a non-finite one stays non-finite), ``combine`` the
-    float32 operations, in order, of ``combine.ties_combine`` (sign election, agreeing sum,
-    optional division by the agreeing weights) or ``combine.linear_combine`` (sum, optional
-    division by ``norm_total``); ``params`` a ``_CombineParams``. Overwrites ``taus`` with
-    the deltas."""
+def _combine_tile(params, base_vals, taus, kept, length, scratch):
+    """``merged[:length] = base + lam * combine(deltas)`` (``merged`` the second row of
+    ``scratch``) with ``deltas_i = (tau_i * s_i) * kept_i`` (a dropped entry is a signed
+    zero; a non-finite one stays non-finite), ``combine`` the float32 operations, in order,
+    of ``combine.ties_combine`` (sign election, agreeing sum, optional division by the
+    agreeing weights) or ``combine.linear_combine`` (sum, optional division by
+    ``norm_total``); ``params`` a ``_CombineParams``. Overwrites ``taus`` with the deltas."""
     scales, weights, lam, ties, normalize, norm_total = params
     total, merged, divisor = scratch
     k = taus.shape[0]
     for i in range(k):
         for j in range(length):
-            taus[i, j] = (taus[i, j] * scales[i]) * kept[i, j]
-    for j in range(length):
-        total[j] = taus[0, j]
-    for i in range(1, k):
-        for j in range(length):
-            total[j] = total[j] + taus[i, j]
+            delta = (taus[i, j] * scales[i]) * kept[i, j]
+            taus[i, j] = delta
+            total[j] = delta if i == 0 else total[j] + delta
     if ties:
         merged[:length] = 0
         divisor[:length] = 0
@@ -327,28 +432,88 @@ def _combine_tile(params, base_vals, taus, kept, length, scratch, out):
         for j in range(length):
             merged[j] = total[j] / norm_total if normalize else total[j]
     for j in range(length):
-        out[j] = base_vals[j] + lam * merged[j]
+        merged[j] = base_vals[j] + lam * merged[j]
+
+
+@njit(cache=True)
+def _store_tile(values, length, output, start):
+    """Elements ``start..start+length`` of the flat output (``_Output``) = ``values``,
+    rounded to bfloat16 as torch rounds (to nearest, ties to even; NaN to ``0x7FC0``) when
+    the output is bf16. Returns whether any stored value is NaN or infinite: the merge's
+    finiteness test, on the values as written, with no pass of its own."""
+    address, bf16 = output
+    bits = values.view(np.uint32)
+    nonfinite = False
+    if bf16:
+        target = numba.carray(_pointer(address + 2 * start), length, np.uint16)
+        for j in range(length):
+            word = bits[j]
+            rounded = np.uint16((word + np.uint32(0x7FFF) + ((word >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+            half = np.uint16(0x7FC0) if (word & _ABS) > _EXPONENT else rounded
+            target[j] = half
+            nonfinite = nonfinite | ((half & np.uint16(0x7F80)) == np.uint16(0x7F80))
+    else:
+        target32 = numba.carray(_pointer(address + 4 * start), length, np.uint32)
+        for j in range(length):
+            target32[j] = bits[j]
+            nonfinite = nonfinite | ((bits[j] & _EXPONENT) == _EXPONENT)
+    return nonfinite
+
+
+@njit(cache=True)
+def _nm_tile_masks(blocks, task, taus, free_offset, length, buffers, guess):
+    """Task ``task``'s n:m mask of one tile into ``kept[task]``, claiming its positions in
+    ``free_offset`` when the merge is conflict-aware; ``buffers`` from ``_nm_buffers``."""
+    ns, tail_ns, block_size, conflict_aware = blocks
+    keys, keys16, kept, search, lows, cuts = buffers
+    tau_bits = taus[task].view(np.uint32)
+    for j in range(length):
+        key = (tau_bits[j] & _ABS) + free_offset[j]
+        keys[j] = key
+        keys16[j] = np.uint16(key >> np.uint32(16))
+    _tile_cuts(keys, keys16, block_size, length, ns[task], tail_ns[task], guess, search, lows, cuts)
+    tau, task_kept = taus[task], kept[task]
+    for b in range(0, (length + block_size - 1) // block_size):
+        first = b * block_size
+        _select(keys, tau, first, min(block_size, length - first), np.uint32(cuts[0, b]),
+                cuts[1, b], 0, task_kept)
+    if conflict_aware:
+        for j in range(length):
+            free_offset[j] = np.uint32(0) if kept[task, j] != 0 else free_offset[j]
+
+
+@njit(cache=True)
+def _nm_buffers(k, tile_size, tile_blocks, block_size):
+    """One thread group's scratch of ``_nm_tile_masks``: keys (uint32 and their high
+    halves), the masks (float32, a row per task), the search state (rows ``_LO``, ``_HI``,
+    ``_EXACT``, ``_QUOTA``), a block of low halves, and the cuts."""
+    return (np.empty(tile_size, np.uint32), np.empty(tile_size, np.uint16),
+            np.empty((k, tile_size), np.float32), np.empty((4, tile_blocks), np.int64),
+            np.empty(block_size, np.uint16),
+            np.empty((2, tile_blocks), np.int64))
 
 
 @njit(parallel=True, cache=True)
-def _nm_merge(sources, blocks, params, n_groups, out):
-    """n:m merge (``blocks``, a ``_Blocks``) of the flat tensors of ``sources``: task ``i``
-    keeps ``ns[i]`` of every full block (``tail_ns[i]`` of the short last one), in order, a
-    position kept by an earlier task ranking below every free one when ``conflict_aware``.
-    Thread groups take contiguous runs of whole tiles of whole blocks."""
+def _nm_merge(sources, blocks, params, n_groups, output):
+    """n:m merge (``blocks``, a ``_Blocks``) of the flat tensors of ``sources`` into
+    ``output`` (an ``_Output``): task ``i`` keeps ``ns[i]`` of every full block
+    (``tail_ns[i]`` of the short last one), in order, a position kept by an earlier task
+    ranking below every free one when ``conflict_aware``. Thread groups take contiguous
+    runs of whole tiles of whole blocks. Returns whether any merged value is not finite."""
     addresses, bf16, numel = sources
-    ns, tail_ns, block_size, conflict_aware = blocks
+    block_size = blocks.block_size
     k = addresses.shape[0] - 1
     n_blocks = (numel + block_size - 1) // block_size
     tile_blocks = max(1, _TILE // block_size)
     tile_size = tile_blocks * block_size
+    nonfinite = np.zeros(n_groups, np.bool_)
     for group in prange(n_groups):
         base_vals = np.empty(tile_size, np.float32)
         taus = np.empty((k, tile_size), np.float32)
-        kept = np.empty((k, tile_size), np.float32)
-        keys = np.empty(tile_size, np.uint32)
         free_offset = np.empty(tile_size, np.uint32)
-        hints = np.zeros(k, np.int64)  # each task's last threshold: the next block's first probe
+        buffers = _nm_buffers(k, tile_size, tile_blocks, block_size)
+        guesses = np.zeros((k, 2), np.int64)
+        guesses[:, 0] = _KEY16_TOP  # no guess yet
         scratch = _combine_scratch(tile_size)
         first_block = group * n_blocks // n_groups
         stop_block = (group + 1) * n_blocks // n_groups
@@ -360,21 +525,10 @@ def _nm_merge(sources, blocks, params, n_groups, out):
                 _load_tau(addresses[i + 1], start, length, bf16, base_vals, taus[i])
             free_offset[:length] = _OFFSET
             for i in range(k):
-                hint = hints[i]
-                _lifted_keys(taus[i].view(np.uint32), free_offset, length, keys)
-                for lo in range(0, length, block_size):
-                    width = min(block_size, length - lo)
-                    quota = ns[i] if width == block_size else tail_ns[i]
-                    block_keys = keys[lo:lo + width]
-                    threshold, room = _block_threshold(block_keys, width, quota, hint)
-                    hint = np.int64(threshold) + 1
-                    _select(block_keys, taus[i, lo:lo + width], width, threshold, room, 0,
-                            kept[i, lo:lo + width])
-                hints[i] = hint
-                if conflict_aware:
-                    for j in range(length):
-                        free_offset[j] = np.uint32(0) if kept[i, j] != 0 else free_offset[j]
-            _combine_tile(params, base_vals, taus, kept, length, scratch, out[start:start + length])
+                _nm_tile_masks(blocks, i, taus, free_offset, length, buffers, guesses[i])
+            _combine_tile(params, base_vals, taus, buffers[2], length, scratch)
+            nonfinite[group] |= _store_tile(scratch[1], length, output, start)
+    return nonfinite.any()
 
 
 @njit(cache=True)
@@ -486,7 +640,7 @@ def _record_and_count_next(sources, ranking, task, cut, claims, histograms, ties
             length = min(_TILE, stop - start)
             if task >= 0:
                 _task_tile_keys(sources, ranking, claims, task, start, length, True, buffers)
-                seen = _select(keys, tau, length, threshold, room, seen, kept)
+                seen = _select(keys, tau, 0, length, threshold, room, seen, kept)
                 bit = np.uint8(1 << (task % 8))
                 row = claims[task // 8, start:start + length]
                 for j in range(length):
@@ -498,10 +652,12 @@ def _record_and_count_next(sources, ranking, task, cut, claims, histograms, ties
 
 
 @njit(parallel=True, cache=True)
-def _combine_claims(sources, claims, params, n_groups, out):
-    """``out`` = the combine (``_combine_tile``) of every tile with the masks in ``claims``."""
+def _combine_claims(sources, claims, params, n_groups, output):
+    """``output`` = the combine (``_combine_tile``) of every tile with the masks in ``claims``;
+    whether any merged value is not finite."""
     addresses, bf16, numel = sources
     k = addresses.shape[0] - 1
+    nonfinite = np.zeros(n_groups, np.bool_)
     for group in prange(n_groups):
         base_vals = np.empty(_TILE, np.float32)
         taus = np.empty((k, _TILE), np.float32)
@@ -517,11 +673,13 @@ def _combine_claims(sources, claims, params, n_groups, out):
                 row = claims[i // 8, start:start + length]
                 for j in range(length):
                     kept[i, j] = np.float32((row[j] & bit) != 0)
-            _combine_tile(params, base_vals, taus, kept, length, scratch, out[start:start + length])
+            _combine_tile(params, base_vals, taus, kept, length, scratch)
+            nonfinite[group] |= _store_tile(scratch[1], length, output, start)
+    return nonfinite.any()
 
 
 @njit(cache=True)
-def _tensor_merge(sources, ranking, params, n_groups, out):
+def _tensor_merge(sources, ranking, params, n_groups, output):
     """Per-tensor merge (one block spanning the flat tensor, ``ranking`` a ``_Ranking``).
 
     Task ``i``'s threshold comes from a radix selection on the high then the low 16 key
@@ -530,7 +688,8 @@ def _tensor_merge(sources, ranking, params, n_groups, out):
     counts; a third pass records the kept positions, one bit per task and element in
     ``claims``, and, on the same tiles, counts the next task's high digits
     (``_record_and_count_next``). Keys are recomputed in every pass, not stored. A last
-    pass combines (``_combine_claims``)."""
+    pass combines into ``output`` (``_combine_claims``) and says whether any merged value
+    is not finite."""
     k = sources.addresses.shape[0] - 1
     claims = np.zeros(((k + 7) // 8, sources.numel), np.uint8)
     histograms = np.zeros((n_groups, 1 << _RADIX_BITS), np.int64)
@@ -538,7 +697,7 @@ def _tensor_merge(sources, ranking, params, n_groups, out):
     for i in range(-1, k):  # step i selects task i (none at -1) and counts task i + 1's high digits
         cut = _task_cut(sources, ranking, i, claims, histograms, ties_before)
         _record_and_count_next(sources, ranking, i, cut, claims, histograms, ties_before)
-    _combine_claims(sources, claims, params, n_groups, out)
+    return _combine_claims(sources, claims, params, n_groups, output)
 
 
 def supports(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> bool:
@@ -564,30 +723,33 @@ def _thread_groups(units: int, threads: int) -> int:
 
 
 def merge_chunk(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor],
-                args: MergeArgs) -> torch.Tensor:
-    """Float32 result of the merge of one flat chunk (see ``torch_path.merge_chunk``): task
-    ``i`` keeps ``n_i`` of every block of ``args.block_size`` or, for the per-tensor
-    sparsifiers, of the whole chunk, ranked by ``|tau_i|`` or by ``masks.random_scores`` of
-    ``args.seeds[i]``. ``supports(recipe, base, tuned)`` must hold."""
+                args: MergeArgs, out: torch.Tensor) -> bool:
+    """Merge one flat chunk into ``out`` (flat, contiguous, ``base``'s dtype; see
+    ``torch_path.merge_chunk``): task ``i`` keeps ``n_i`` of every block of
+    ``args.block_size`` or, for the per-tensor sparsifiers, of the whole chunk, ranked by
+    ``|tau_i|`` or by ``masks.random_scores`` of ``args.seeds[i]``. Returns whether every
+    merged value is finite. ``supports(recipe, base, tuned)`` must hold."""
     if not supports(recipe, base, tuned):
         raise ValueError(f"the compiled kernels do not implement {recipe} on these tensors; "
                          "check compiled.supports first")
+    if out.dtype != base.dtype or not out.is_contiguous() or out.numel() != base.numel():
+        raise ValueError("out must be a contiguous tensor of base's dtype and size")
     kernel = _KERNELS[recipe.sparsifier]
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     flat = [t.detach().reshape(-1).contiguous() for t in (base, *tuned)]  # alive for the call
     numel = base.numel()
-    sources = _Sources(np.array([t.data_ptr() for t in flat], np.int64), base.dtype == torch.bfloat16, numel)
+    bf16 = base.dtype == torch.bfloat16
+    sources = _Sources(np.array([t.data_ptr() for t in flat], np.int64), bf16, numel)
+    output = _Output(out.data_ptr(), bf16)
     quotas = np.asarray(args.keep_counts(recipe, numel), np.int64)
-    out = np.empty(numel, np.float32)
+    params = _combine_params(recipe, args)
     if kernel.blocks:
         m = args.block_size
         tail_ns = tail_keep_counts(quotas.tolist(), numel % m, m, recipe.conflict_aware)
         blocks = _Blocks(quotas, np.asarray(tail_ns, np.int64), m, recipe.conflict_aware)
-        _nm_merge(sources, blocks, _combine_params(recipe, args), _thread_groups(-(-numel // m), threads), out)
-    else:
-        seeds = args.seeds if kernel.random_draws else ()
-        draw_keys = np.array([random_score_keys(s) for s in seeds], np.uint64).reshape(-1, 2)
-        ranking = _Ranking(quotas, draw_keys, recipe.conflict_aware)
-        _tensor_merge(sources, ranking, _combine_params(recipe, args), _thread_groups(-(-numel // _TILE), threads), out)
-    return torch.from_numpy(out)
+        return not _nm_merge(sources, blocks, params, _thread_groups(-(-numel // m), threads), output)
+    seeds = args.seeds if kernel.random_draws else ()
+    draw_keys = np.array([random_score_keys(s) for s in seeds], np.uint64).reshape(-1, 2)
+    ranking = _Ranking(quotas, draw_keys, recipe.conflict_aware)
+    return not _tensor_merge(sources, ranking, params, _thread_groups(-(-numel // _TILE), threads), output)

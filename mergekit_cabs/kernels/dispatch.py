@@ -11,7 +11,7 @@ import functools
 import importlib
 import os
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -70,10 +70,19 @@ def check_model_counts(recipe: Recipe, tuned: Sequence[torch.Tensor], args: Merg
                          f"{len(tuned)} models")
 
 
-def merge_tensor(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor],
-                 args: MergeArgs) -> torch.Tensor:
+class Merged(NamedTuple):
+    """A merged tensor and whether all of its values are finite (a NaN or inf in any input
+    reaches the result: a dropped entry is ``tau * 0``)."""
+
+    tensor: torch.Tensor
+    finite: bool
+
+
+def checked_merge(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor],
+                  args: MergeArgs) -> Merged:
     """Merge one tensor, ``base + lambda * combine_i(s_i * w_i * M_i * tau_i)`` with the
-    masks of ``recipe``; the result has ``base``'s dtype, device and shape.
+    masks of ``recipe``, into a tensor of ``base``'s dtype, device and shape, and say
+    whether it is finite (the compiled kernels test the values as they write them).
 
     n:m blocks are independent, so the flattened tensor is processed ``args.chunk_blocks``
     full blocks at a time (then the tail) with a result identical to one pass. The
@@ -85,10 +94,17 @@ def merge_tensor(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tenso
     path = merge_path(recipe, base, tuned, args.compiled)
     flat_base = base.reshape(-1)
     flat_tuned = [t.reshape(-1) for t in tuned]
-    if recipe.sparsifier is not Sparsifier.NM:
-        merged = path.merge_chunk(recipe, flat_base, flat_tuned, args)
-        return merged.to(base.dtype).view(base.shape)
-    out = torch.empty_like(flat_base)
-    for lo, hi in nm_chunk_spans(flat_base.numel(), args.block_size, args.chunk_blocks):
-        out[lo:hi] = path.merge_chunk(recipe, flat_base[lo:hi], [t[lo:hi] for t in flat_tuned], args)
-    return out.view(base.shape)
+    out = torch.empty(flat_base.shape, dtype=base.dtype, device=base.device)
+    spans = (nm_chunk_spans(flat_base.numel(), args.block_size, args.chunk_blocks)
+             if recipe.sparsifier is Sparsifier.NM else [(0, flat_base.numel())])
+    finite = True
+    for lo, hi in spans:
+        finite = path.merge_chunk(recipe, flat_base[lo:hi], [t[lo:hi] for t in flat_tuned],
+                                  args, out[lo:hi]) and finite
+    return Merged(out.view(base.shape), finite)
+
+
+def merge_tensor(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor],
+                 args: MergeArgs) -> torch.Tensor:
+    """The tensor of ``checked_merge``, for callers that test finiteness themselves or not at all."""
+    return checked_merge(recipe, base, tuned, args).tensor
