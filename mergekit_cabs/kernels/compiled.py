@@ -692,7 +692,7 @@ def _tensor_merge(sources, ranking, params, n_groups, output):
     is not finite."""
     k = sources.addresses.shape[0] - 1
     claims = np.zeros(((k + 7) // 8, sources.numel), np.uint8)
-    histograms = np.zeros((n_groups, 1 << _RADIX_BITS), np.int64)
+    histograms = np.zeros((n_groups, 1 << _RADIX_BITS), np.int32)  # per group: half the cache of int64
     ties_before = np.zeros(n_groups + 1, np.int64)
     for i in range(-1, k):  # step i selects task i (none at -1) and counts task i + 1's high digits
         cut = _task_cut(sources, ranking, i, claims, histograms, ties_before)
@@ -752,4 +752,6 @@ def merge_chunk(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor
     seeds = args.seeds if kernel.random_draws else ()
     draw_keys = np.array([random_score_keys(s) for s in seeds], np.uint64).reshape(-1, 2)
     ranking = _Ranking(quotas, draw_keys, recipe.conflict_aware)
-    return not _tensor_merge(sources, ranking, params, _thread_groups(-(-numel // _TILE), threads), output)
+    # int32 histogram bins: no group may span 2^31 elements
+    groups = max(_thread_groups(-(-numel // _TILE), threads), -(-numel // (1 << 31)))
+    return not _tensor_merge(sources, ranking, params, groups, output)
