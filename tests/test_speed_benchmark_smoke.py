@@ -38,7 +38,7 @@ def test_speed_benchmark_runs_mergekit_yaml_and_writes_results(tmp_path):
         assert all(r["output_bytes"] >= 2 * family["inputs"]["params_per_model"] for r in merges)
         assert all(0 < share < 1 for share in family["inputs"]["zero_share"])
         targets = {check["target"] for check in family["targets"]}
-        assert "cabs@64:torch <= 1.1x task_arithmetic wall" in targets
+        assert not any(t.startswith("cabs@64:torch <=") for t in targets)  # no wall target off the default path
         assert "cabs@64:torch peak RSS <= 1.1x task_arithmetic" in targets
     assert result["machine"]["mergekit_threads"] >= 1 and result["machine"]["mergekit"]
     report = (out / "results.md").read_text()
@@ -70,7 +70,7 @@ def test_kernel_benchmark_reports_every_kernel(tmp_path):
             "magnitude mask, 1 task", "DARE (random) mask, 1 task",
             "fused CA merge, 3 tasks (default path)"} <= rows.keys()
     assert all(row["ns_per_element"] > 0 and row["gb_per_s"] > 0 for row in rows.values())
-    assert result["target"] is None  # the 0.5 s target is stated for the full tensor only
+    assert result["targets"] is None  # the ns targets are stated for the full tensor only
     assert (tmp_path / "k.md").exists()
 
 

@@ -85,7 +85,10 @@ TORCH_KERNELS_ENV = "MERGEKIT_CABS_TORCH_KERNELS"
 # Rows of the first family that run --focus-repeats times: the cabs-vs-task_arithmetic target
 # is the tightest, so it gets more samples than the rest.
 FOCUS = (IO_FLOOR, "task_arithmetic", f"cabs@{BLOCK_SIZE}")
-CABS_VS_TASK_ARITHMETIC = 1.10
+# Issue 21's targets (default install): cabs against task_arithmetic per family, every other
+# method against task_arithmetic; issue 12's against ties and for memory still hold.
+CABS_VS_TASK_ARITHMETIC = {"7b": 0.90}  # any other family: 1.0
+OURS_VS_TASK_ARITHMETIC = 1.00
 OURS_VS_TIES = 0.25
 RSS_VS_TASK_ARITHMETIC = 1.10
 
@@ -384,20 +387,21 @@ def summarize(runs: list[Run]) -> dict:
     return rows
 
 
-def target_checks(rows: dict) -> list[dict]:
-    """Issue 12's targets that these rows can decide, each with its measured ratio."""
+def target_checks(rows: dict, slug: str) -> list[dict]:
+    """The targets that the rows of family ``slug`` can decide, each with its measured ratio:
+    wall on the default path (the ``:torch`` rows have no wall target), memory on every row."""
     checks = []
     ours = [v for v in rows if method_of(v) not in BUILT_INS + REFERENCES]
+    default_path = [v for v in ours if not is_torch_row(v)]
 
     def check(target, ratio, limit):
         if ratio is not None:
             checks.append({"target": target, "ratio": ratio, "limit": limit, "met": ratio <= limit})
 
-    for variant in ours:
-        if method_of(variant) == "cabs":
-            check(f"{variant} <= {CABS_VS_TASK_ARITHMETIC}x task_arithmetic wall",
-                  rows[variant]["vs_task_arithmetic"], CABS_VS_TASK_ARITHMETIC)
-    for variant in ours:
+    for variant in default_path:
+        limit = CABS_VS_TASK_ARITHMETIC.get(slug, 1.0) if method_of(variant) == "cabs" else OURS_VS_TASK_ARITHMETIC
+        check(f"{variant} <= {limit}x task_arithmetic wall", rows[variant]["vs_task_arithmetic"], limit)
+    for variant in default_path:
         check(f"{variant} <= {OURS_VS_TIES}x ties wall", rows[variant]["vs_ties"], OURS_VS_TIES)
     for variant in ours:
         check(f"{variant} peak RSS <= {RSS_VS_TASK_ARITHMETIC}x task_arithmetic",
@@ -429,7 +433,7 @@ def family_markdown(family: dict) -> list[str]:
         lines.append(f"| `{variant}` | {row['median_wall_s']:.1f} | {row['min_wall_s']:.1f} | {row['runs']} | "
                      f"{row['peak_rss_mib']:.0f} | {ratio(row['vs_io_floor'])} | {ratio(row['vs_task_arithmetic'])} | "
                      f"{ratio(row['vs_ties'])} | {ratio(row['rss_vs_task_arithmetic'])} |")
-    lines += ["", "| target (issue 12) | measured | |", "|---|---|---|"]
+    lines += ["", "| target (issues 12, 21) | measured | |", "|---|---|---|"]
     lines += [f"| {c['target']} | {c['ratio']:.2f}x | {'met' if c['met'] else '**missed**'} |"
               for c in family["targets"]]
     return lines + [""]
@@ -443,7 +447,9 @@ def markdown(result: dict) -> str:
         f"torch {machine['torch']}, mergekit {machine['mergekit']}, numba {machine['numba']}; "
         f"MergeKit ran with {machine['mergekit_threads']} torch threads ({machine['mergekit_threads_source']}). "
         f"Density {DENSITY}, n:m at block {BLOCK_SIZE}, warm page cache, `mergekit-yaml "
-        f"{' '.join(result['mergekit_flags'])}`; `:torch` rows with {TORCH_KERNELS_ENV}=1.",
+        f"{' '.join(result['mergekit_flags'])}`; `:torch` rows with {TORCH_KERNELS_ENV}=1; "
+        f"the JIT cache warmed before the runs ({result.get('jit_warmup_s', float('nan')):.1f} s; a cold "
+        "first merge is `benchmarks.speed.compile_time`'s figure).",
         f"Command: `{result['command']}`" + (f". Note: {result['note']}" if result["note"] else ""),
         "",
     ]
@@ -559,7 +565,7 @@ def run_family(family: Family, args, scratch: Path, mergekit_flags: list[str], e
                    "params_per_model": checkpoints.params_per_model, "dims": family.dims, "density": DENSITY,
                    "zero_share": checkpoints.zero_share, "data_version": DATA_VERSION, "page_cache": "warm"},
         "rows": rows,
-        "targets": target_checks(rows),
+        "targets": target_checks(rows, family.slug),
         "runs": [asdict(r) for r in runs],
     }
 
@@ -591,6 +597,15 @@ def parse_args(argv):
     return args
 
 
+def warm_jit_cache(env: dict) -> float:
+    """Seconds of one child that compiles, or loads from the JIT cache, every kernel a merge
+    uses (``benchmarks.speed.compile_time``), so that no timed merge pays a compile: a user
+    pays it once, and ``compile_time`` measures that cost on its own."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "benchmarks.speed.compile_time"], cwd=PACKAGE_ROOT, env=env, check=True)
+    return time.perf_counter() - started
+
+
 def main(argv=None) -> dict:
     """Run every family's rotation, write results.json / .md and a chart per family."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -602,6 +617,7 @@ def main(argv=None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop(TORCH_KERNELS_ENV, None)  # only the :torch rows set it
     planned = families(args)
+    jit_warmup_s = warm_jit_cache(env)
     with owned_output_dir(args.work / "scratch", TOOL) as scratch:
         measured = [run_family(family, args, scratch, mergekit_flags, env) for family in planned]
     result = {
@@ -610,6 +626,7 @@ def main(argv=None) -> dict:
         "machine": machine_description(args.num_threads, args.cuda),
         "mergekit_flags": mergekit_flags,
         "total_wall_s": time.perf_counter() - started,
+        "jit_warmup_s": jit_warmup_s,
         "families": measured,
     }
     args.out.mkdir(parents=True, exist_ok=True)
