@@ -10,21 +10,29 @@ Both kernels work on tiles of the flat tensors: base and task vectors are read o
 into float32 scratch (``tau = f32(tuned) - f32(base)``), each task's keys are formed as in
 ``rules`` (float32 bits of ``|tau|`` or of a random draw; free positions lifted by
 ``CLAIMED_OFFSET`` above every claimed one), winners are selected, and the tile is combined
-with the float32 operations, in order, of ``combine.linear_combine`` / ``combine.ties_combine``.
+with the float32 operations, in order, of ``combine.linear_combine`` / ``combine.ties_combine``,
+then written in the output's dtype (bf16 rounded as torch rounds) while the same loop tests it
+for NaN and inf: the merge's finiteness check costs no pass of its own.
 
-* n:m (``_nm_merge``): each block's threshold by a search of vectorised counts (galloping
-  from the last block's threshold, then bisection, stopping as soon as a count hits the
-  quota); blocks are independent, so threads split them without changing a bit.
+* n:m (``_nm_merge``): per task and tile (1024 elements), every block's threshold at once:
+  a bisection on the keys' high 16 bits in lockstep over the tile's blocks (independent
+  counts overlap instead of waiting on each other; the bracket updates are arithmetic, not
+  branches), started from the previous tile's range of thresholds and stopping as soon as a
+  count hits the quota; the blocks where the quota falls among keys sharing a high half
+  finish on the low halves of those few keys. Blocks are independent, so threads split
+  them without changing a bit.
 * Per tensor, magnitude and random (``_tensor_merge``, one block spanning the tensor): each
   task's threshold by a parallel 16 + 16 bit radix selection, the lowest-index-first rule by a
   prefix sum of per-group tie counts. Keys and random draws are recomputed in every pass
-  rather than stored; the only tensor-sized buffers are the float32 output and one bit per
-  task and element (the masks).
+  rather than stored; the only tensor-sized buffers are the output and one bit per task and
+  element (the masks).
 
 Tensors reach the kernels as raw addresses, so one compiled specialisation serves every
 dtype and every number of tasks (a tuple of arrays would compile again for each ``k``); the
-kernels' arguments travel in the named tuples ``_Sources``, ``_Blocks``, ``_Ranking`` and
-``_CombineParams``, whose field types do not depend on ``k`` either.
+kernels' arguments travel in the named tuples ``_Sources``, ``_Output``, ``_Blocks``,
+``_Ranking`` and ``_CombineParams``, whose field types do not depend on ``k`` either.
+Per-block helpers take plain arrays and are inlined: numba reference-counts every array it
+unpacks from a tuple or slices into a view, and per block that costs more than the count.
 
 The JIT cache is written beside this module, or, where that is not writable (a read-only
 site-packages), to numba's user-wide cache directory (``tests/test_compiled_nm.py`` checks it).
@@ -341,6 +349,7 @@ def _tile_cuts(keys, keys16, block_size, length, quota, tail_quota, guess, searc
     (``lows``: a block of scratch); ``guess`` becomes the range of this tile's 16-bit cuts."""
     n_blocks = (length + block_size - 1) // block_size
     _start_brackets(keys16, block_size, length, n_blocks, quota, tail_quota, guess, search)
+    # cuts[0] is free until _finish_cuts fills it: it holds the bisection's open blocks
     _bisect16(keys16, block_size, length, n_blocks, search, cuts[0])
     _finish_cuts(keys, keys16, block_size, length, n_blocks, search, lows, cuts)
     guess[0], guess[1] = _KEY16_TOP, 0
@@ -372,20 +381,6 @@ def _select(keys, tau, first, width, threshold, room, ties_seen, kept):
             kept[j] = np.float32((keys[j] >= threshold) & (tau[j] != 0))
         return ties_seen + ties
     for j in span:
-        key = keys[j]
-        tie = key == threshold
-        ties_seen += tie
-        chosen = (key > threshold) | (tie & (ties_seen <= room))
-        kept[j] = np.float32(chosen & (tau[j] != 0))
-    return ties_seen
-    ties = 0
-    for j in range(length):
-        ties += keys[j] == threshold
-    if ties_seen + ties <= room:  # every tie of this run is kept
-        for j in range(length):
-            kept[j] = np.float32((keys[j] >= threshold) & (tau[j] != 0))
-        return ties_seen + ties
-    for j in range(length):
         key = keys[j]
         tie = key == threshold
         ties_seen += tie
