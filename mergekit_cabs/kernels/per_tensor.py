@@ -164,9 +164,8 @@ class PerTensorMerge:
             self.planes.record(task, lo, kept)
             ties_before += ties_here
 
-    def merged(self) -> torch.Tensor:
-        """The last pass: each chunk through ``masked_merge`` with the recorded masks."""
-        out = torch.empty_like(self.base)
+    def merged(self, out: torch.Tensor) -> torch.Tensor:
+        """The last pass: each chunk through ``masked_merge`` with the recorded masks, into ``out``."""
         for lo, hi in self.spans:
             base32 = self.base[lo:hi].to(torch.float32)
             taus = [t[lo:hi].to(torch.float32) - base32 for t in self.tuned]
@@ -176,7 +175,7 @@ class PerTensorMerge:
 
 
 def per_tensor_merge(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor],
-                     args: MergeArgs) -> torch.Tensor:
+                     args: MergeArgs, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The magnitude or random (DARE) merge of one flat tensor, in passes over chunks of
     ``args.chunk_elements``.
 
@@ -187,7 +186,7 @@ def per_tensor_merge(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.T
     finds the threshold and its ties (``ties_per_chunk`` where they compete for room); a
     pass keeps ``kept_by_rank & (tau_i != 0)`` as bit ``i`` of a byte-per-position mask
     plane. A last pass merges each chunk with ``masked_merge`` into the result, in
-    ``base``'s dtype. Besides inputs and result this holds one int32 and ``ceil(k / 8)``
+    ``base``'s dtype (``out`` where given, flat like ``base``). Besides inputs and result this holds one int32 and ``ceil(k / 8)``
     uint8 tensor-sized buffers plus a few chunk-sized temporaries, whatever the tensor's
     size. On CUDA nothing leaves the device but a few scalars per task and, where ties
     compete, one count per chunk, read back in one transfer.
@@ -200,4 +199,4 @@ def per_tensor_merge(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.T
         if n > 0:
             merge.select(task, n, keys)
     del keys
-    return merge.merged()
+    return merge.merged(torch.empty_like(base) if out is None else out)

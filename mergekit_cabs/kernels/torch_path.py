@@ -29,7 +29,7 @@ def merge_chunk(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor
     delta is ``(s_i * w_i * tau_i) * 0``, a signed zero. Returns whether every merged value
     is finite."""
     if recipe.sparsifier is not Sparsifier.NM:
-        out.copy_(per_tensor_merge(recipe, base, tuned, args))
+        per_tensor_merge(recipe, base, tuned, args, out)
         return all_finite(out)
     base32 = base.to(torch.float32)
     taus = [t.to(torch.float32) - base32 for t in tuned]
