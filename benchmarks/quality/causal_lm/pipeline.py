@@ -1,0 +1,268 @@
+"""One seed of the causal-LM regime: fine-tune each task, merge every method, choose its
+weight on validation, search weights with ``mergekit-cabs search``, score on test.
+
+The merging, the weight choice on validation and the inspect statistics are the encoder
+regimes' own (``benchmarks.quality.pipeline``); only the model, its scoring and the rows
+that need a causal LM (search, weight 1, general text) are here. Independent of where the
+base comes from, so the smoke test runs it on a tiny Llama.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import yaml
+
+from mergekit_cabs.output_dir import owned_output_dir
+from mergekit_cabs.search import SearchSettings, search_causal_lm
+
+from ..merging import MethodRun, load_body_state, merge_config, run_mergekit_yaml
+from ..pipeline import SeedContext, SeedSettings, accuracies, inspect_runs, mean, run_methods, score_row
+from .lm import EncodedTask, FineTuneSettings, chat_text, choice_correct, fine_tune, text_nll
+from .tasks import PromptTask
+
+TOOL = "benchmarks.quality.causal_lm.run"
+
+
+@dataclass(frozen=True)
+class LMSeedSettings:
+    """What one seed runs; the presets live in ``benchmarks.quality.causal_lm.run``."""
+
+    fine_tune: FineTuneSettings
+    densities: tuple[float, ...]
+    block_size: int
+    search: tuple[str, ...] = ()  # labels of the runs whose weights `mergekit-cabs search` finds
+    search_evaluations: int = 40
+    calibration_texts: int = 12  # per task, drawn from the train split
+    weight_one: tuple[str, ...] = ()  # labels also scored at weight 1 (what a user gets untuned)
+    initial_exponents: tuple[int, ...] = (-1, 0, 1)
+    verify: tuple[str, ...] = ()  # labels re-merged at their chosen weight by plain mergekit-yaml
+    inspect: bool = True
+
+
+@dataclass
+class LMContext(SeedContext):
+    """A seed's merges and scores on one resident causal LM (``body`` is the whole model)."""
+
+    general: Sequence[Sequence[int]] = field(default_factory=list)
+
+    def load(self, state: dict) -> None:
+        missing, unexpected = self.body.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        tied = {"lm_head.weight"} if getattr(self.body.config, "tie_word_embeddings", False) else set()
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"state mismatch: missing {missing}, unexpected {unexpected}")
+
+    def evaluate_state(self, state: dict, split: str,
+                       tasks: Optional[Sequence[EncodedTask]] = None) -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
+        self.load(state)
+        correct = {t.name: choice_correct(self.body, t.splits[split]) for t in (tasks or self.tasks)}
+        self.timer.add(f"evaluate_{split}", start)
+        return correct
+
+    def extra_test_scores(self, state: dict) -> dict:
+        """Perplexity on the general text (``state`` is loaded: ``evaluate_state`` ran last)."""
+        start = time.perf_counter()
+        self.load(state)
+        nll = text_nll(self.body, self.general)
+        self.timer.add("general_text", start)
+        return {"general_ppl": math.exp(float(nll.mean())), "general_nll": [round(float(v), 5) for v in nll]}
+
+
+def cache_key(task: PromptTask, settings: FineTuneSettings, seed: int, base: str) -> str:
+    record = {"task": task.name, "train": task.train, "settings": asdict(settings), "seed": seed,
+              "base": hashlib.sha256(Path(base, "config.json").read_bytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_fine_tune(make_model: Callable[[], torch.nn.Module], task: PromptTask, encoded: EncodedTask,
+                     settings: FineTuneSettings, seed: int, base: str, cache: Path,
+                     log: Callable[[str], None]) -> tuple[str, dict]:
+    """The fine-tune of ``task`` (bf16 safetensors) under ``cache``, trained once per key.
+
+    Written to a temporary folder and renamed when complete, so a stopped run leaves no
+    half-written model that a later run would take for finished.
+    """
+    path = cache / f"{task.name}-seed{seed}-{cache_key(task, settings, seed, base)}"
+    if not (path / "fine_tune.json").is_file():
+        start = time.perf_counter()
+        model = make_model()
+        losses = fine_tune(model, encoded, settings, seed)
+        partial = path.with_name(path.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)  # our own unfinished write (the name is ours alone)
+        model.to(torch.bfloat16).save_pretrained(partial, safe_serialization=True)
+        record = {**settings.record(), "seconds": round(time.perf_counter() - start, 1),
+                  "first_loss": losses[0], "last_losses": losses[-5:]}
+        (partial / "fine_tune.json").write_text(json.dumps(record, indent=1))
+        partial.rename(path)
+        log(f"seed {seed}: fine-tuned {task.name} in {record['seconds']:.0f}s, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    return str(path.resolve()), json.loads((path / "fine_tune.json").read_text())
+
+
+def task_vector_geometry(base: dict, tuned: Sequence[dict], names: Sequence[str]) -> dict:
+    """``||tau_i||`` and the cosine of every pair, over every floating tensor."""
+    n = len(tuned)
+    gram = torch.zeros((n, n), dtype=torch.float64)
+    for key, value in base.items():
+        if value.is_floating_point():
+            taus = torch.stack([(t[key].float() - value.float()).flatten() for t in tuned]).double()
+            gram += taus @ taus.T
+    norms = gram.diagonal().sqrt()
+    cosines = {f"{names[i]} / {names[j]}": float(gram[i, j] / (norms[i] * norms[j]))
+               for i in range(n) for j in range(i + 1, n)}
+    return {"norms": dict(zip(names, norms.tolist())), "cosines": cosines}
+
+
+def descendant_scores(ctx: LMContext, tuned: Sequence[dict]) -> dict:
+    """Each fine-tune on every task's test prompts and on the general text."""
+    out = {}
+    for task, state in zip(ctx.tasks, tuned):
+        correct = ctx.evaluate_state(state, "test")
+        out[task.name] = {**score_row(correct), **ctx.extra_test_scores(state)}
+    return out
+
+
+def calibration_files(ctx: LMContext, raw_tasks: Sequence[PromptTask], tokenizer, count: int, folder: Path) -> list[str]:
+    """Per task, ``count`` training prompts with their answers, as the search's JSON lines:
+    the chat-formatted turn and the answer, as the fine-tune saw them (seeded draw)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    files = []
+    for task in raw_tasks:
+        questions, answers = task.train
+        picks = torch.randperm(len(questions), generator=generator)[:count].tolist()
+        lines = [json.dumps({"text": chat_text(tokenizer, task.instruction, questions[i])
+                             + task.choices[answers[i]] + "<|im_end|>"}) for i in picks]
+        path = folder / f"{task.name}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        files.append(str(path))
+    return files
+
+
+def search_row(ctx: LMContext, run: MethodRun, data: Sequence[str], settings: LMSeedSettings,
+               individual: dict) -> dict:
+    """``mergekit-cabs search`` from weight 1, its merge.yml merged by plain ``mergekit-yaml``
+    and scored: validation (where the grid chose), test and general text."""
+    folder = ctx.workdir / "search" / run.label
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yml"
+    config_path.write_text(yaml.safe_dump(merge_config(run, ctx.base_path, ctx.model_paths, 1.0), sort_keys=False))
+    start = time.perf_counter()
+    result = search_causal_lm(config_path, data, folder / "out",
+                              SearchSettings(evaluations=settings.search_evaluations, seed=ctx.seed,
+                                             random_seed=ctx.seed), max_length=128, batch_size=16, progress=False)
+    seconds = time.perf_counter() - start
+    ctx.timer.add("search", start)
+    merged_config = yaml.safe_load((folder / "out" / "merge.yml").read_text())
+    state = ctx.take(run_mergekit_yaml(merged_config, folder / "merge", ctx.seed))
+    record = {"method": run.method, "density": run.density, "block_size": run.block_size,
+              "options": dict(run.options), "weights": result.weights_record(result.best.weights),
+              "search": {"evaluations": len(result.evaluations), "wall_seconds": round(seconds, 1),
+                         "start_fitness": result.start.fitness, "best_fitness": result.best.fitness,
+                         "start_losses": list(result.start.losses), "best_losses": list(result.best.losses),
+                         "calibration_texts_per_task": settings.calibration_texts},
+              "val_mean": mean(accuracies(ctx.evaluate_state(state, "val")).values())}
+    record.update(score_row(ctx.evaluate_state(state, "test"), individual))
+    record.update(ctx.extra_test_scores(state))
+    return record
+
+
+def weight_one_rows(ctx: LMContext, runs: Sequence[MethodRun], individual: dict) -> dict:
+    """The runs at weight 1 on every model, merged by plain ``mergekit-yaml`` and scored."""
+    rows = {}
+    for run in runs:
+        state = ctx.take(run_mergekit_yaml(ctx.config(run, 1.0), ctx.workdir / "weight1" / run.label, ctx.seed))
+        row = {"method": run.method, "density": run.density, "block_size": run.block_size,
+               "options": dict(run.options), "scale": 1.0}
+        row.update(score_row(ctx.evaluate_state(state, "test"), individual))
+        rows[f"{run.label} [weight 1]"] = {**row, **ctx.extra_test_scores(state)}
+    return rows
+
+
+def inspected(ctx: LMContext, runs: Sequence[MethodRun]) -> tuple[dict, dict]:
+    """Inspect statistics of the CA pairs' masks (one inspect per distinct mask) and the
+    overlaps they give, named as ``aggregate`` expects."""
+    pairs = [r for r in runs if r.method in ("cabs", "nm_linear", "magnitude_linear", "ca_magnitude_linear")]
+    stats = inspect_runs(ctx, pairs)
+    overlap = {f"{label} (inspect)": s["overlap"]["method"] for label, s in stats.items()}
+    return stats, overlap
+
+
+@dataclass(frozen=True)
+class SeedInputs:
+    """What every seed shares: the base, its tokenizer, the tasks and the general text."""
+
+    base_path: str
+    make_model: Callable[[], torch.nn.Module]  # the base, float32, freshly loaded
+    tokenizer: object
+    raw_tasks: Sequence[PromptTask]
+    tasks: Sequence[EncodedTask]
+    general: Sequence[Sequence[int]]
+    cache: Path  # fine-tunes, kept across runs
+
+
+def run_seed(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir: Path, runs: Sequence[MethodRun],
+             log: Callable[[str], None] = print) -> dict:
+    """One seed's record. ``workdir`` must be new, empty or this benchmark's earlier output
+    (``owned_output_dir``); the fine-tunes live in ``inputs.cache``, outside it."""
+    with owned_output_dir(workdir, TOOL) as owned:
+        return seed_record(inputs, settings, seed, owned, runs, log)
+
+
+def seed_record(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir: Path,
+                runs: Sequence[MethodRun], log: Callable[[str], None]) -> dict:
+    started = time.perf_counter()
+    by_label = {r.label: r for r in runs}
+    missing = [label for label in settings.search + settings.weight_one if label not in by_label]
+    if missing:
+        raise ValueError(f"search or weight-1 rows {missing} are not among the runs {list(by_label)}")
+    torch.manual_seed(seed)
+    tuned = [cached_fine_tune(inputs.make_model, raw, task, settings.fine_tune, seed, inputs.base_path,
+                              inputs.cache, log) for raw, task in zip(inputs.raw_tasks, inputs.tasks)]
+    paths = [p for p, _ in tuned]
+    base_state = load_body_state(Path(inputs.base_path))
+    ctx = LMContext(seed, workdir, inputs.tasks, inputs.base_path, paths, base_state, inputs.make_model(), {},
+                    general=inputs.general)
+    tuned_states = [load_body_state(Path(p)) for p in paths]
+    names = [t.name for t in inputs.tasks]
+    descendants = descendant_scores(ctx, tuned_states)
+    individual = {t: descendants[t]["test"][t] for t in names}
+    own = {t: descendants[t]["test_correct"][t] for t in names}
+    geometry = task_vector_geometry(base_state, tuned_states, names)
+    record = {
+        "seed": seed,
+        "individual": {"test": individual, "mean": mean(individual.values()), "test_correct": own},
+        "descendants": descendants,
+        "base_with_heads": {**score_row(ctx.evaluate_state(base_state, "test"), individual),
+                            **ctx.extra_test_scores(base_state)},
+        "task_vector_norms": geometry["norms"], "task_vector_cosines": geometry["cosines"],
+        "train": {**settings.fine_tune.record(), "per_task": {t: info for t, (_, info) in zip(names, tuned)}},
+    }
+    del tuned_states
+    log(f"seed {seed}: base test mean {record['base_with_heads']['mean']:.4f}, own tasks {record['individual']['mean']:.4f}")
+    shared = SeedSettings(train=None, densities=settings.densities, block_size=settings.block_size,
+                          initial_exponents=settings.initial_exponents, verify=lambda r: r.label in settings.verify)
+    record["methods"] = run_methods(ctx, runs, shared, individual, log)
+    record["methods"].update(weight_one_rows(ctx, [by_label[k] for k in settings.weight_one], individual))
+    if settings.search:
+        data = calibration_files(ctx, inputs.raw_tasks, inputs.tokenizer, settings.calibration_texts,
+                                 workdir / "calibration")
+        for label in settings.search:
+            row = search_row(ctx, by_label[label], data, settings, individual)
+            record["methods"][f"{label} [search]"] = row
+            log(f"seed {seed}: {label} [search] weights {row['weights']} test mean {row['mean']:.4f} "
+                f"({row['search']['evaluations']} evaluations, {row['search']['wall_seconds']:.0f}s)")
+    record["inspect"], record["overlap"] = inspected(ctx, runs) if settings.inspect else ({}, {})
+    record["seconds"] = {**{k: round(v, 1) for k, v in ctx.timer.totals.items()},
+                         "seed": round(time.perf_counter() - started, 1)}
+    log(f"seed {seed}: done in {record['seconds']['seed']:.0f}s")
+    return record

