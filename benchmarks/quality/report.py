@@ -310,7 +310,8 @@ def ca_gain_figure(gains: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def figure(summary: dict, path: Path, densities: Sequence[float], title: str) -> None:
+def figure(summary: dict, path: Path, densities: Sequence[float], title: str,
+           base_label: str = "merge base + task heads") -> None:
     """Mean test accuracy per method and density; error bars span the seeds (min to max)."""
     import matplotlib
 
@@ -336,8 +337,9 @@ def figure(summary: dict, path: Path, densities: Sequence[float], title: str) ->
     for label, style in (("individual (each task's own model)", "--"), ("task_arithmetic", ":"),
                          ("merge base + task heads", "-."), (ANCESTOR_ROW, "-")):
         if label in rows:
+            names = {"task_arithmetic": "task_arithmetic (dense)", "merge base + task heads": base_label}
             ax.axhline(rows[label]["mean"]["mean"] * 100, linestyle=style, color="k", linewidth=1,
-                       label=label if label != "task_arithmetic" else "task_arithmetic (dense)")
+                       label=names.get(label, label))
     ax.set_xticks(range(len(methods)))
     ax.set_xticklabels(methods, rotation=35, ha="right")
     ax.set_ylabel("mean test accuracy over the tasks (%)")

@@ -81,7 +81,7 @@ def write_outputs(out: Path, data: dict) -> None:
     densities = sorted({r["density"] for r in data["seeds"][0]["methods"].values() if r["density"]}, reverse=True)
     figure(summary, out / "accuracy_smollm2.png", densities,
            f"SmolLM2-135M-Instruct: 4 tasks merged ({data['meta']['preset']}, {len(data['seeds'])} seed(s)); "
-           "bars: min-max over seeds")
+           "bars: min-max over seeds", base_label="base (SmolLM2-135M-Instruct)")
     gains = list(summary["ca_gains"])
     encoder = out.parent / "results.json" if out.name == ARM else out.parent.parent / "results.json"
     if encoder.is_file():
