@@ -21,6 +21,7 @@ from benchmarks.quality.causal_lm.lm import (
     full_forward_logits,
     last_position_logits,
     prefixed_hidden,
+    text_nll,
 )
 from benchmarks.quality.causal_lm.tasks import PromptTask
 from mergekit_cabs.tiny_models import tiny_llama_config
@@ -81,6 +82,16 @@ def test_cached_prefix_scoring_equals_each_whole_prompt_through_the_model():
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
     expected = reference.argmax(dim=1) == torch.tensor(prompts.answers)
     assert torch.equal(choice_correct(model, prompts, batch_size=3), expected)
+
+
+def test_length_batched_text_nll_equals_each_text_alone_in_input_order():
+    model = tiny_causal_lm().eval()
+    generator = torch.Generator().manual_seed(4)
+    texts = [torch.randint(3, len(WORDS) + 3, (int(n),), generator=generator).tolist() for n in (9, 2, 6, 3, 12, 5, 2)]
+    with torch.no_grad():
+        reference = torch.stack([F.cross_entropy(model(input_ids=torch.tensor([t])).logits[0, :-1], torch.tensor(t[1:]))
+                                 for t in texts])
+    torch.testing.assert_close(text_nll(model, texts, batch_size=3), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_every_prompt_is_the_shared_prefix_then_its_question():

@@ -13,7 +13,7 @@ import torch
 import benchmarks.quality.run as quality_run
 from benchmarks.quality.merging import MethodRun
 from benchmarks.quality.pipeline import AncestrySettings, SeedSettings, candidate_orders, equal_kept_runs, run_seed
-from benchmarks.quality.report import aggregate, ca_gains, comparisons, ingredient_effects, markdown
+from benchmarks.quality.report import aggregate, ca_gains, comparisons, ingredient_effects, markdown, search_effects
 from benchmarks.quality.tasks import SplitSizes, fit_sizes
 from benchmarks.quality.training import EncodedTask, TrainSettings, encode_split
 
@@ -58,7 +58,7 @@ def test_one_seed_end_to_end(tiny_bert, tmp_path):
     runs = [MethodRun("cabs", 0.25, 16)]
     settings = SeedSettings(train=TrainSettings(epochs=1, batch_size=8, body_lr=1e-3),
                             densities=(0.25,), block_size=16, initial_exponents=(0, 1),
-                            orders=False, inspect=False)
+                            orders=False, inspect=False, search=("cabs@0.25",), search_evaluations=7)
     arms = run_seed(tiny_bert, tasks, settings, seed=0, workdir=tmp_path, runs=runs, log=lambda _: None)
 
     (record,) = arms.values()
@@ -73,10 +73,17 @@ def test_one_seed_end_to_end(tiny_bert, tmp_path):
     assert record["overlap"]["cabs@0.25"] == 0.0  # 2 x 0.25 <= 1: CA masks are disjoint
     assert record["overlap"]["magnitude_linear@0.25"] > 0.0
     assert record["train"]["steps"] == {"alpha": 4, "beta": 4}  # 32 sentences, batch 8, 1 epoch
+    searched = record["methods"]["cabs@0.25 [search]"]  # merged by mergekit-yaml at the found weights
+    assert searched["search"]["evaluations"] == 7 and len(searched["weights"]) == 2
+    assert all(0.1 <= w <= 2.0 for w in searched["weights"].values())
+    assert searched["search"]["best_fitness"] <= searched["search"]["start_fitness"] == 0.0
+    assert len(searched["test_correct"]["beta"]) == 8 and 0.0 <= searched["val_mean"] <= 1.0
+    (effect,) = search_effects([record])
+    assert effect["grid"] == "cabs@0.25" and effect["grid_scales"] == [cabs["scale"]]
     summary = aggregate([record], ["alpha", "beta"])
-    text = markdown({"light": {**summary, "comparisons": comparisons([record])}}, {"light": [record]},
-                    {"light": ["alpha", "beta"]}, [], {"preset": "smoke", "order_density": 0.1})
-    assert "| cabs@0.25 |" in text and "| merge base + task heads |" in text
+    text = markdown({"light": {**summary, "comparisons": comparisons([record]), "searches": [effect]}},
+                    {"light": [record]}, {"light": ["alpha", "beta"]}, [], {"preset": "smoke", "order_density": 0.1})
+    assert "| cabs@0.25 |" in text and "| merge base + task heads |" in text and "| cabs@0.25 [search] | 7 |" in text
 
 
 @pytest.mark.slow  # ~7 MergeKit processes: about 1-2 minutes on 2 shared cores

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+import yaml
 
 from mergekit_cabs.output_dir import owned_output_dir
+from mergekit_cabs.search import SearchResult, SearchSettings, search_weights, write_outputs
 
 from ..merge_outputs import remove_output
 from .merging import (
@@ -34,7 +36,16 @@ from .merging import (
     scaled_state,
     task_vector_norms,
 )
-from .training import EncodedTask, TrainSettings, evaluate_body, fine_tune, load_head, save_head, steps_of
+from .training import (
+    EncodedTask,
+    TrainSettings,
+    evaluate_body,
+    fine_tune,
+    head_loss,
+    load_head,
+    save_head,
+    steps_of,
+)
 
 TOOL = "benchmarks.quality.run"
 # Scale grid: powers of two, widened automatically until the best is interior.
@@ -69,6 +80,10 @@ class SeedSettings:
     # order_density (measured by inspect): the equal-kept-count comparison.
     equal_kept: tuple[str, ...] = ()
     ancestry: Optional[AncestrySettings] = None
+    # Labels of runs whose per-model weights ``search_weights`` also finds (from weight 1,
+    # on the heads' validation loss), each merged by plain mergekit-yaml and scored.
+    search: tuple[str, ...] = ()
+    search_evaluations: int = 41
 
 
 class Timer:
@@ -253,6 +268,53 @@ def run_method(ctx: SeedContext, run: MethodRun, unit_merge: Path, settings: See
     return record
 
 
+Search = Callable[[Path, Path], SearchResult]  # (config at weight 1, output folder) -> result
+
+
+def search_row(ctx: SeedContext, run: MethodRun, search: Search, individual: dict, info: Optional[dict] = None) -> dict:
+    """A run's weights found by ``search`` from weight 1 (it writes ``merge.yml`` in its output
+    folder); that merge.yml merged by plain ``mergekit-yaml`` and scored on validation (where
+    the grid chose), test and whatever else test rows record."""
+    folder = ctx.workdir / "search" / run.label
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yml"
+    config_path.write_text(yaml.safe_dump(ctx.config(run, 1.0), sort_keys=False))
+    start = time.perf_counter()
+    result = search(config_path, folder / "out")
+    seconds = time.perf_counter() - start
+    ctx.timer.add("search", start)
+    state = ctx.take(run_mergekit_yaml(yaml.safe_load((folder / "out" / "merge.yml").read_text()),
+                                       folder / "merge", ctx.seed))
+    record = {"method": run.method, "density": run.density, "block_size": run.block_size,
+              "options": dict(run.options), "weights": result.weights_record(result.best.weights),
+              "search": {"evaluations": len(result.evaluations), "wall_seconds": round(seconds, 1),
+                         "start_fitness": result.start.fitness, "best_fitness": result.best.fitness,
+                         "start_losses": list(result.start.losses), "best_losses": list(result.best.losses),
+                         **(info or {})},
+              "val_mean": ctx.validation_mean(state)}
+    record.update(score_row(ctx.evaluate_state(state, "test"), individual))
+    record.update(ctx.extra_test_scores(state))
+    return record
+
+
+def head_search(ctx: SeedContext, settings: SeedSettings) -> Search:
+    """``search_weights`` on the encoder: each task's loss is its head's cross-entropy on the
+    validation split, the resident model a ``BertModel`` (the heads are not merged)."""
+    from transformers import AutoModel
+
+    losses = [lambda body, task=task: head_loss(body, ctx.heads[task.name], task.val) for task in ctx.tasks]
+
+    def search(config: Path, out: Path) -> SearchResult:
+        result = search_weights(config, losses, SearchSettings(evaluations=settings.search_evaluations, seed=ctx.seed,
+                                                               random_seed=ctx.seed),
+                                model_factory=AutoModel.from_config, task_names=[t.name for t in ctx.tasks],
+                                progress=False)
+        write_outputs(result, out)
+        return result
+
+    return search
+
+
 def run_methods(ctx: SeedContext, runs: Sequence[MethodRun], settings: SeedSettings, individual: dict,
                 log: Callable[[str], None]) -> dict:
     """Every run merged at scale 1 (one batch), then its scale search and test scores."""
@@ -363,6 +425,12 @@ def run_arm(ctx: SeedContext, runs: Sequence[MethodRun], settings: SeedSettings,
         "task_vector_norms": dict(zip([t.name for t in ctx.tasks], task_vector_norms(ctx.base_state, tuned_states))),
     }
     record["methods"] = run_methods(ctx, runs, settings, individual, log)
+    by_label = {run.label: run for run in runs}
+    for label in settings.search:
+        if label in by_label:
+            row = search_row(ctx, by_label[label], head_search(ctx, settings), individual)
+            record["methods"][f"{label} [search]"] = row
+            log(f"seed {ctx.seed}: {label} [search] weights {row['weights']} test mean {row['mean']:.4f}")
     start = time.perf_counter()
     record["overlap"] = overlap_rates(ctx.base_state, tuned_states, settings.densities, settings.block_size)
     ctx.timer.add("overlap", start)

@@ -24,7 +24,16 @@ from typing import Optional, Sequence
 
 from .merging import MethodRun, method_runs
 from .pipeline import AncestrySettings, SeedSettings, run_seed
-from .report import aggregate, ca_gain_figure, ca_gains, comparisons, figure, ingredient_effects, markdown
+from .report import (
+    aggregate,
+    ca_gain_figure,
+    ca_gains,
+    comparisons,
+    figure,
+    ingredient_effects,
+    markdown,
+    search_effects,
+)
 from .tasks import LIGHT_TASKS, SplitSizes, load_tasks
 from .training import TrainSettings, encode_task
 
@@ -43,6 +52,12 @@ INTERFERENCE_TASKS = LIGHT_TASKS + ("tweet_sentiment", "product_sentiment")
 CORE_METHODS = ("task_arithmetic", "ties", "dare_ties", "magnitude_linear", "ca_magnitude_linear",
                 "nm_linear", "nm_ties", "cabs", "cabs_ties")
 QUICK_METHODS = ("task_arithmetic", "ties", "magnitude_linear", "ca_magnitude_linear", "nm_linear", "cabs")
+# The paper's ablation rows no other regime runs: CA masks under the TIES and DARE combines,
+# and MergeKit's dare_linear (light is the cheapest regime with two seeds).
+ABLATION_METHODS = ("ca_ties", "ca_dare_linear", "ca_dare_ties", "dare_linear")
+# Rows with per-model weights from ``search_weights`` on the heads' validation loss, next to
+# the shared scale the grid chose on validation accuracy: CA n:m and the per-tensor sum.
+SEARCHED = ("cabs@0.1", "cabs@0.25", "magnitude_linear@0.1", "magnitude_linear@0.25")
 # At density 0.25 six task vectors overlap (densities sum to 1.5): the CA pairs, TIES, and
 # cabs_ties, where the sign election has shared positions to resolve.
 OVERLAP_METHODS = QUICK_METHODS + ("cabs_ties",)
@@ -71,6 +86,7 @@ class Regime:
     initial_exponents: tuple[int, ...] = (-1, 0, 1)
     orders: bool = False
     max_orders: int = 24
+    search: tuple[str, ...] = ()  # labels of runs also merged at weights from search_weights
 
 
 NEAR = ("near", TrainSettings(epochs=1, body_lr=2e-5))  # a short, gentle step away from the ancestor
@@ -90,7 +106,8 @@ PRESETS = {
     # Sized to about 2 hours on 2 vCPUs (scoring 1000 test sentences per task dominates): two
     # seeds where the methods separate (interference) and in light, one for the ancestry study.
     "full": {
-        "light": Regime(LIGHT_TASKS, (512, 48, 1000), TrainSettings(epochs=3), (0, 1), methods=QUICK_METHODS),
+        "light": Regime(LIGHT_TASKS, (512, 48, 1000), TrainSettings(epochs=3), (0, 1),
+                        methods=QUICK_METHODS + ABLATION_METHODS, search=SEARCHED),
         "interference": Regime(INTERFERENCE_TASKS, (1000, 48, 1000), TrainSettings(epochs=2, body_lr=STRONG_LR), (0, 1),
                                methods=tuple(m for m in CORE_METHODS if m != "cabs_ties"),
                                later_density_methods=OVERLAP_METHODS,
@@ -156,7 +173,7 @@ def write_outputs(out: Path, arms: dict, task_names: dict, meta: dict) -> None:
     summaries = {}
     for arm, records in arms.items():
         summaries[arm] = {**aggregate(records, task_names[arm]), "comparisons": comparisons(records),
-                          "ingredients": ingredient_effects(records)}
+                          "ingredients": ingredient_effects(records), "searches": search_effects(records)}
         figure(summaries[arm], out / f"accuracy_{slug(arm)}.png", meta["densities"],
                f"{arm}: {len(task_names[arm])} tasks merged ({meta['preset']}, {len(records)} seed(s)); "
                "bars: min-max over seeds")
@@ -196,11 +213,13 @@ def seed_settings(regime: Regime, args, densities: tuple[float, ...], first_seed
     return SeedSettings(train=train, densities=densities, block_size=BLOCK_SIZE,
                         initial_exponents=regime.initial_exponents, verify=lambda run: run.label in VERIFIED,
                         orders=regime.orders and not args.no_orders and first_seed, max_orders=regime.max_orders,
-                        inspect=not args.no_inspect, equal_kept=regime.equal_kept, ancestry=ancestry)
+                        inspect=not args.no_inspect, equal_kept=regime.equal_kept, ancestry=ancestry,
+                        search=regime.search)
 
 
-# What a regime's results depend on: a finished regime is kept by --resume only if all match.
-SETTINGS_KEYS = ("tasks", "seeds", "split_sizes_per_task", "train", "ancestry", "runs", "equal_kept")
+# What a regime's results depend on: a finished regime is kept by --resume only if all match
+# (``search`` is recorded only where a regime searches, so older records still match).
+SETTINGS_KEYS = ("tasks", "seeds", "split_sizes_per_task", "train", "ancestry", "runs", "equal_kept", "search")
 
 
 def finished_regime(previous: Optional[dict], name: str, settings: dict, preset: str,
@@ -211,7 +230,7 @@ def finished_regime(previous: Optional[dict], name: str, settings: dict, preset:
         return None
     record = meta["regimes"].get(name)
     same_run = meta["preset"] == preset and tuple(meta["densities"]) == densities
-    if record is None or not same_run or any(record.get(k) != settings[k] for k in SETTINGS_KEYS):
+    if record is None or not same_run or any(record.get(k) != settings.get(k) for k in SETTINGS_KEYS):
         return None
     return {"command": meta["command"], **record}  # records before --resume carry the run's command only
 
@@ -231,7 +250,7 @@ def render(out: Path) -> None:
 
 def regime_record(regime: Regime, raw_tasks, seeds: tuple[int, ...], runs) -> dict:
     """What a regime's results depend on (``SETTINGS_KEYS``), as results.json records it."""
-    return {
+    record = {
         "tasks": list(regime.tasks), "seeds": list(seeds),
         "split_sizes_per_task": {t.name: {split: len(getattr(t, split)[0]) for split in ("train", "val", "test")}
                                  for t in raw_tasks},
@@ -239,6 +258,9 @@ def regime_record(regime: Regime, raw_tasks, seeds: tuple[int, ...], runs) -> di
         "ancestry": json.loads(json.dumps(asdict(regime.ancestry))) if regime.ancestry else None,
         "runs": [r.label for r in runs], "equal_kept": list(regime.equal_kept),
     }
+    if regime.search:
+        record["search"] = list(regime.search)
+    return record
 
 
 def run_meta(preset_name: str, command: str, regimes_meta: dict, densities: tuple[float, ...], threads: int,

@@ -99,6 +99,13 @@ def head_correct(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) 
     return head(features).argmax(dim=1) == labels
 
 
+@torch.inference_mode()
+def head_loss(body: nn.Module, head: nn.Linear, split: EncodedSplit) -> float:
+    """Mean cross-entropy of ``head`` on ``body``'s pooled features of ``split``: the loss
+    a weight search minimises for an encoder with task heads."""
+    return float(nn.functional.cross_entropy(head(pooled_features(body, split)), split.labels))
+
+
 def evaluate_body(body: nn.Module, tasks: Sequence[EncodedTask], heads: dict, split: str) -> dict[str, torch.Tensor]:
     """Per-sentence correctness of ``body`` on each task's ``split``, with that task's own head.
 

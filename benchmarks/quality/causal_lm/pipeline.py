@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-import yaml
 
 from mergekit_cabs.output_dir import owned_output_dir
 from mergekit_cabs.search import SearchSettings, search_causal_lm
 
-from ..merging import MethodRun, load_body_state, merge_config, run_mergekit_yaml
-from ..pipeline import SeedContext, SeedSettings, accuracies, inspect_runs, mean, run_methods, score_row
+from ..merging import MethodRun, load_body_state, run_mergekit_yaml
+from ..pipeline import SeedContext, SeedSettings, inspect_runs, mean, run_methods, score_row, search_row
 from .lm import EncodedTask, FineTuneSettings, chat_text, choice_correct, fine_tune, text_nll
 from .tasks import PromptTask
 
@@ -148,32 +147,14 @@ def calibration_files(ctx: LMContext, raw_tasks: Sequence[PromptTask], tokenizer
     return files
 
 
-def search_row(ctx: LMContext, run: MethodRun, data: Sequence[str], settings: LMSeedSettings,
-               individual: dict) -> dict:
-    """``mergekit-cabs search`` from weight 1, its merge.yml merged by plain ``mergekit-yaml``
-    and scored: validation (where the grid chose), test and general text."""
-    folder = ctx.workdir / "search" / run.label
-    folder.mkdir(parents=True, exist_ok=True)
-    config_path = folder / "config.yml"
-    config_path.write_text(yaml.safe_dump(merge_config(run, ctx.base_path, ctx.model_paths, 1.0), sort_keys=False))
-    start = time.perf_counter()
-    result = search_causal_lm(config_path, data, folder / "out",
-                              SearchSettings(evaluations=settings.search_evaluations, seed=ctx.seed,
-                                             random_seed=ctx.seed), max_length=128, batch_size=16, progress=False)
-    seconds = time.perf_counter() - start
-    ctx.timer.add("search", start)
-    merged_config = yaml.safe_load((folder / "out" / "merge.yml").read_text())
-    state = ctx.take(run_mergekit_yaml(merged_config, folder / "merge", ctx.seed))
-    record = {"method": run.method, "density": run.density, "block_size": run.block_size,
-              "options": dict(run.options), "weights": result.weights_record(result.best.weights),
-              "search": {"evaluations": len(result.evaluations), "wall_seconds": round(seconds, 1),
-                         "start_fitness": result.start.fitness, "best_fitness": result.best.fitness,
-                         "start_losses": list(result.start.losses), "best_losses": list(result.best.losses),
-                         "calibration_texts_per_task": settings.calibration_texts},
-              "val_mean": mean(accuracies(ctx.evaluate_state(state, "val")).values())}
-    record.update(score_row(ctx.evaluate_state(state, "test"), individual))
-    record.update(ctx.extra_test_scores(state))
-    return record
+def calibration_search(ctx: LMContext, data: Sequence[str], settings: LMSeedSettings):
+    """``mergekit-cabs search``'s own code on the calibration files (the causal-LM loss)."""
+    def search(config: Path, out: Path):
+        return search_causal_lm(config, data, out, SearchSettings(evaluations=settings.search_evaluations,
+                                                                  seed=ctx.seed, random_seed=ctx.seed),
+                                max_length=128, batch_size=16, progress=False)
+
+    return search
 
 
 def weight_one_rows(ctx: LMContext, runs: Sequence[MethodRun], individual: dict) -> dict:
@@ -257,7 +238,8 @@ def seed_record(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir
         data = calibration_files(ctx, inputs.raw_tasks, inputs.tokenizer, settings.calibration_texts,
                                  workdir / "calibration")
         for label in settings.search:
-            row = search_row(ctx, by_label[label], data, settings, individual)
+            row = search_row(ctx, by_label[label], calibration_search(ctx, data, settings), individual,
+                             {"calibration_texts_per_task": settings.calibration_texts})
             record["methods"][f"{label} [search]"] = row
             log(f"seed {seed}: {label} [search] weights {row['weights']} test mean {row['mean']:.4f} "
                 f"({row['search']['evaluations']} evaluations, {row['search']['wall_seconds']:.0f}s)")

@@ -24,6 +24,16 @@ ARM = "smollm2"
 BASE_ROW = "merge base + task heads"  # aggregate's name for the record's base row
 
 
+def wall_line(meta: dict, seeds: Sequence[dict]) -> str:
+    """The command(s) and each seed's wall time: a run split over invocations (``--seeds``,
+    then ``--resume``) records each seed's own command."""
+    commands = list(dict.fromkeys(s.get("command", meta["command"]) for s in seeds))
+    walls = ", ".join(f"seed {s['seed']} {s['seconds']['seed'] / 60:.1f} min" for s in seeds)
+    total = sum(s["seconds"]["seed"] for s in seeds) / 60
+    return (f"Command{'s' * (len(commands) > 1)}: " + "; ".join(f"`{c}`" for c in commands)
+            + f". Wall time on {meta['threads']} threads: {walls} (total {total:.0f} min, loading excluded).")
+
+
 def task_names(seeds: Sequence[dict]) -> list[str]:
     return list(seeds[0]["individual"]["test"])
 
@@ -107,7 +117,7 @@ def setup_lines(data: dict) -> list[str]:
              "among the task's choices. Weights: the shared weight (lambda for MergeKit's normalizing "
              "`ties`) chosen on validation over powers of two; `[weight 1]`: every weight 1; `[search]`: "
              "`mergekit-cabs search` from weight 1 on calibration prompts of the train split.", "",
-             f"Command: `{meta['command']}`; wall time {meta['wall_seconds'] / 60:.0f} min on {meta['threads']} threads.",
+             wall_line(meta, seeds),
              "", "Descendants' test accuracy (%) on every task (row: the model, column: the task), "
              "general-text perplexity, and the fine-tune (seed 0):", "",
              "| model | " + " | ".join(tasks) + " | general ppl | fine-tune s | loss first -> last |",

