@@ -43,6 +43,7 @@ from .training import (
     fine_tune,
     head_loss,
     load_head,
+    split_prefix,
     save_head,
     steps_of,
 )
@@ -80,9 +81,9 @@ class SeedSettings:
     # order_density (measured by inspect): the equal-kept-count comparison.
     equal_kept: tuple[str, ...] = ()
     ancestry: Optional[AncestrySettings] = None
-    # Labels of runs whose per-model weights ``search_weights`` also finds (from weight 1,
-    # on the heads' validation loss), each merged by plain mergekit-yaml and scored.
-    search: tuple[str, ...] = ()
+    # (run label, variant of SEARCH_VARIANTS): runs whose per-model weights ``search_weights``
+    # also finds (from weight 1, on the heads' validation loss), merged by mergekit-yaml, scored.
+    search: tuple[tuple[str, str], ...] = ()
     search_evaluations: int = 41
 
 
@@ -271,11 +272,12 @@ def run_method(ctx: SeedContext, run: MethodRun, unit_merge: Path, settings: See
 Search = Callable[[Path, Path], SearchResult]  # (config at weight 1, output folder) -> result
 
 
-def search_row(ctx: SeedContext, run: MethodRun, search: Search, individual: dict, info: Optional[dict] = None) -> dict:
+def search_row(ctx: SeedContext, run: MethodRun, search: Search, individual: dict, info: Optional[dict] = None,
+               variant: str = "search") -> dict:
     """A run's weights found by ``search`` from weight 1 (it writes ``merge.yml`` in its output
     folder); that merge.yml merged by plain ``mergekit-yaml`` and scored on validation (where
     the grid chose), test and whatever else test rows record."""
-    folder = ctx.workdir / "search" / run.label
+    folder = ctx.workdir / "search" / f"{run.label}-{variant.replace(', ', '-').replace(' ', '_')}"
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.yml"
     config_path.write_text(yaml.safe_dump(ctx.config(run, 1.0), sort_keys=False))
@@ -297,16 +299,32 @@ def search_row(ctx: SeedContext, run: MethodRun, search: Search, individual: dic
     return record
 
 
-def head_search(ctx: SeedContext, settings: SeedSettings) -> Search:
+# The search as the paper runs it, and the options beyond it (issue: kept only if they help).
+# The first stage runs on a quarter of each validation split, at a quarter of the cost.
+SEARCH_VARIANTS = {
+    "search": {},
+    "search, layer groups": {"layer_groups": True},
+    "search, patience 2": {"patience": 2},
+    "search, first stage": {"first_stage_evaluations": 17},
+}
+
+
+def head_search(ctx: SeedContext, settings: SeedSettings, variant: str) -> Search:
     """``search_weights`` on the encoder: each task's loss is its head's cross-entropy on the
     validation split, the resident model a ``BertModel`` (the heads are not merged)."""
     from transformers import AutoModel
 
-    losses = [lambda body, task=task: head_loss(body, ctx.heads[task.name], task.val) for task in ctx.tasks]
+    def losses(fraction: float) -> list:
+        splits = {t.name: split_prefix(t.val, fraction) for t in ctx.tasks}
+        return [lambda body, name=t.name: head_loss(body, ctx.heads[name], splits[name]) for t in ctx.tasks]
+
+    options = SEARCH_VARIANTS[variant]
+    search_settings = SearchSettings(evaluations=settings.search_evaluations, seed=ctx.seed, random_seed=ctx.seed,
+                                     **options)
 
     def search(config: Path, out: Path) -> SearchResult:
-        result = search_weights(config, losses, SearchSettings(evaluations=settings.search_evaluations, seed=ctx.seed,
-                                                               random_seed=ctx.seed),
+        result = search_weights(config, losses(1.0), search_settings,
+                                first_stage_losses=losses(0.25) if "first_stage_evaluations" in options else None,
                                 model_factory=AutoModel.from_config, task_names=[t.name for t in ctx.tasks],
                                 progress=False)
         write_outputs(result, out)
@@ -426,11 +444,12 @@ def run_arm(ctx: SeedContext, runs: Sequence[MethodRun], settings: SeedSettings,
     }
     record["methods"] = run_methods(ctx, runs, settings, individual, log)
     by_label = {run.label: run for run in runs}
-    for label in settings.search:
+    for label, variant in settings.search:
         if label in by_label:
-            row = search_row(ctx, by_label[label], head_search(ctx, settings), individual)
-            record["methods"][f"{label} [search]"] = row
-            log(f"seed {ctx.seed}: {label} [search] weights {row['weights']} test mean {row['mean']:.4f}")
+            row = search_row(ctx, by_label[label], head_search(ctx, settings, variant), individual,
+                             {"variant": variant, **SEARCH_VARIANTS[variant]}, variant)
+            record["methods"][f"{label} [{variant}]"] = row
+            log(f"seed {ctx.seed}: {label} [{variant}] weights {row['weights']} test mean {row['mean']:.4f}")
     start = time.perf_counter()
     record["overlap"] = overlap_rates(ctx.base_state, tuned_states, settings.densities, settings.block_size)
     ctx.timer.add("overlap", start)

@@ -95,28 +95,37 @@ def comparisons(seeds: Sequence[dict]) -> dict:
     return out
 
 
-SEARCH_SUFFIX = " [search]"
+def searched_from(label: str) -> Optional[str]:
+    """The grid row a search row ``"<run> [search...]"`` belongs to, else None."""
+    run, bracket, _ = label.partition(" [search")
+    return run if bracket else None
 
 
 def search_effects(seeds: Sequence[dict]) -> list[dict]:
-    """Each ``[search]`` row (per-model weights from ``search_weights``) minus its grid row
-    (the same run at the shared scale chosen on validation), paired over sentences and seeds,
-    with both rows' validation accuracy and the search's cost."""
+    """Each search row (per-model weights from ``search_weights``, any variant) minus its grid
+    row (the same run at the shared scale chosen on validation), paired over sentences and
+    seeds, with both rows' validation accuracy and the search's cost."""
     effects = []
-    for label in seeds[0]["methods"]:
-        grid = label.removesuffix(SEARCH_SUFFIX)
-        if not label.endswith(SEARCH_SUFFIX) or grid not in seeds[0]["methods"]:
+    methods = seeds[0]["methods"]
+    for label in methods:
+        grid = searched_from(label)
+        if grid not in methods:
             continue
         result = paired_bootstrap(correctness(seeds, lambda s, label=label: s["methods"][label]),
                                   correctness(seeds, lambda s, grid=grid: s["methods"][grid]))
         effects.append({"search": label, "grid": grid, **result,
                         "val_search": statistics.fmean(s["methods"][label]["val_mean"] for s in seeds),
                         "val_grid": statistics.fmean(validation_score(s["methods"][grid]) for s in seeds),
-                        "weights": [list(s["methods"][label]["weights"].values()) for s in seeds],
+                        "weights": [flat_weights(s["methods"][label]["weights"]) for s in seeds],
                         "grid_scales": [s["methods"][grid]["scale"] for s in seeds],
                         "evaluations": statistics.fmean(s["methods"][label]["search"]["evaluations"] for s in seeds),
                         "wall_seconds": statistics.fmean(s["methods"][label]["search"]["wall_seconds"] for s in seeds)})
     return effects
+
+
+def flat_weights(record: dict) -> list[float]:
+    """A search's weights in model order (layer groups: every group of each model in turn)."""
+    return [w for value in record.values() for w in (value.values() if isinstance(value, dict) else [value])]
 
 
 # Conflict-aware pruning on vs off, everything else equal.
@@ -236,17 +245,7 @@ def arm_markdown(arm: str, summary: dict, seeds: Sequence[dict], task_names: Seq
                   "| density | change | with | without | Δ points [95 %] |", "|---|---|---|---|---|"]
         for e in summary["ingredients"]:
             lines.append(f"| {e['density']:g} | {e['change']} | {e['with']} | {e['without']} | {_difference(e)} |")
-    if summary.get("searches"):
-        lines += ["", "Weights from `search_weights` (CABS+ AWA, from weight 1, on each head's validation "
-                  "cross-entropy) against the grid's shared scale (chosen on validation accuracy): test "
-                  "difference search minus grid, paired 95 % bootstrap over sentences and seeds.", "",
-                  "| row | evaluations | wall s | weights per task (per seed) | grid scale | val: search / grid (%) "
-                  "| Δ test vs grid |", "|---|---|---|---|---|---|---|"]
-        for e in summary["searches"]:
-            weights = " / ".join(", ".join(f"{w:.2f}" for w in seed) for seed in e["weights"])
-            scales = "/".join(f"{v:.3g}" for v in e["grid_scales"])
-            lines.append(f"| {e['search']} | {e['evaluations']:.0f} | {e['wall_seconds']:.0f} | {weights} | {scales} | "
-                         f"{e['val_search'] * 100:.1f} / {e['val_grid'] * 100:.1f} | {_difference(e)} |")
+    lines += search_markdown(summary.get("searches", []))
     if "inspect" in seeds[0]:
         lines += ["", "Masks from `mergekit-cabs inspect` (first seed): overlap = intersection / union pooled "
                   "over all task pairs; kept = kept share per task; lost to CA = kept-energy share each task "
@@ -265,6 +264,24 @@ def arm_markdown(arm: str, summary: dict, seeds: Sequence[dict], task_names: Seq
               "| masks @ density | overlap (%) |", "|---|---|"]
     for key, stats in summary["overlap"].items():
         lines.append(f"| {key} | {_cell(stats)} |")
+    return lines
+
+
+def search_markdown(searches: Sequence[dict]) -> list[str]:
+    """The search rows against their grid rows (``search_effects``), or nothing."""
+    if not searches:
+        return []
+    lines = ["", "Weights from `search_weights` (CABS+ AWA, from weight 1, on each head's validation "
+             "cross-entropy) against the grid's shared scale (chosen on validation accuracy): test "
+             "difference search minus grid, paired 95 % bootstrap over sentences and seeds. Weights are in "
+             "model order per seed (with layer groups: each model's groups in turn).", "",
+             "| row | evaluations | wall s | weights | grid scale | val: search / grid (%) | Δ test vs grid |",
+             "|---|---|---|---|---|---|---|"]
+    for e in searches:
+        weights = " / ".join(", ".join(f"{w:.2f}" for w in seed) for seed in e["weights"])
+        scales = "/".join(f"{v:.3g}" for v in e["grid_scales"])
+        lines.append(f"| {e['search']} | {e['evaluations']:.0f} | {e['wall_seconds']:.0f} | {weights} | {scales} | "
+                     f"{e['val_search'] * 100:.1f} / {e['val_grid'] * 100:.1f} | {_difference(e)} |")
     return lines
 
 

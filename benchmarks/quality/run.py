@@ -56,8 +56,12 @@ QUICK_METHODS = ("task_arithmetic", "ties", "magnitude_linear", "ca_magnitude_li
 # and MergeKit's dare_linear (light is the cheapest regime with two seeds).
 ABLATION_METHODS = ("ca_ties", "ca_dare_linear", "ca_dare_ties", "dare_linear")
 # Rows with per-model weights from ``search_weights`` on the heads' validation loss, next to
-# the shared scale the grid chose on validation accuracy: CA n:m and the per-tensor sum.
-SEARCHED = ("cabs@0.1", "cabs@0.25", "magnitude_linear@0.1", "magnitude_linear@0.25")
+# the shared scale the grid chose on validation accuracy: CA n:m and the per-tensor sum, the
+# paper's search; and at 0.1 the options beyond the paper (pipeline.SEARCH_VARIANTS).
+SEARCHED = tuple((label, "search") for label in ("cabs@0.1", "cabs@0.25", "magnitude_linear@0.1",
+                                                 "magnitude_linear@0.25"))
+SEARCHED += tuple(("cabs@0.1", variant) for variant in ("search, layer groups", "search, patience 2",
+                                                        "search, first stage"))
 # At density 0.25 six task vectors overlap (densities sum to 1.5): the CA pairs, TIES, and
 # cabs_ties, where the sign election has shared positions to resolve.
 OVERLAP_METHODS = QUICK_METHODS + ("cabs_ties",)
@@ -86,7 +90,7 @@ class Regime:
     initial_exponents: tuple[int, ...] = (-1, 0, 1)
     orders: bool = False
     max_orders: int = 24
-    search: tuple[str, ...] = ()  # labels of runs also merged at weights from search_weights
+    search: tuple[tuple[str, str], ...] = ()  # (run label, variant): also merged at searched weights
 
 
 NEAR = ("near", TrainSettings(epochs=1, body_lr=2e-5))  # a short, gentle step away from the ancestor
@@ -259,7 +263,7 @@ def regime_record(regime: Regime, raw_tasks, seeds: tuple[int, ...], runs) -> di
         "runs": [r.label for r in runs], "equal_kept": list(regime.equal_kept),
     }
     if regime.search:
-        record["search"] = list(regime.search)
+        record["search"] = [f"{label} [{variant}]" for label, variant in regime.search]
     return record
 
 

@@ -99,6 +99,12 @@ def head_correct(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) 
     return head(features).argmax(dim=1) == labels
 
 
+def split_prefix(split: EncodedSplit, fraction: float) -> EncodedSplit:
+    """The first ``fraction`` of a split's examples (at least one), as a split of its own."""
+    count = max(1, round(len(split.input_ids) * fraction))
+    return encode_split(split.input_ids[:count], split.labels[:count].tolist())
+
+
 @torch.inference_mode()
 def head_loss(body: nn.Module, head: nn.Linear, split: EncodedSplit) -> float:
     """Mean cross-entropy of ``head`` on ``body``'s pooled features of ``split``: the loss
