@@ -80,7 +80,8 @@ def inspect_command(config_path: str, out_dir: str, random_seed: int | None, dev
 @main.command("search")
 @click.argument("config_path", type=click.Path(dir_okay=False))
 @click.option("--data", "data", multiple=True, required=True,
-              help="A task's calibration texts: JSON lines with a \"text\" field. Repeat per task.")
+              help="A task's calibration texts: JSON lines, each {\"text\": ...} (loss on every token) "
+                   "or {\"prompt\": ..., \"completion\": ...} (loss on the completion). Repeat per task.")
 @click.option("--out", "out_dir", default="search-output", show_default=True,
               help="Folder for merge.yml, search.json and search.png.")
 @click.option("--evaluations", type=int, default=100, show_default=True, help="Evaluations, the start included.")
@@ -119,6 +120,13 @@ def search_command(config_path: str, data: tuple, out_dir: str, quiet: bool, max
     click.echo(f"best fitness {result.best.fitness:.6g} at evaluation {result.best.index} "
                f"({len(result.evaluations)} evaluations, {result.stopped})")
     click.echo(f"weights: {result.weights_record(result.best.weights)}")
+    pressed = result.best_at_bounds()
+    if pressed:
+        names = ", ".join(f"{h['model']}{'/' + h['group'] if h['group'] else ''} at the {h['bound']} bound "
+                          f"{h['weight']:.3g}" for h in pressed)
+        lo, hi = options["bounds"]
+        click.echo(f"note: {names}; the best weights may lie beyond --bounds {lo:g} {hi:g}: widen them "
+                   "and search again.")
     merge = f"mergekit-yaml {Path(out_dir) / 'merge.yml'} MERGED"
     if options["random_seed"] is not None:
         merge += f" --random-seed {options['random_seed']}"

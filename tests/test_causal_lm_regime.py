@@ -134,7 +134,7 @@ def test_the_cached_prefix_training_loss_and_gradient_equal_whole_sequences():
 
 @pytest.mark.slow
 def test_one_seed_of_the_causal_lm_regime_end_to_end(tmp_path):
-    from benchmarks.quality.causal_lm.pipeline import LMSeedSettings, SeedInputs, run_seed
+    from benchmarks.quality.causal_lm.pipeline import LMSeedSettings, SeedInputs, added_search_rows, run_seed
     from benchmarks.quality.causal_lm.report import write_outputs
     from benchmarks.quality.merging import MethodRun
 
@@ -173,10 +173,32 @@ def test_one_seed_of_the_causal_lm_regime_end_to_end(tmp_path):
             "settings": {"preset": {"sizes": {"train": 24, "val": 8, "test": 8}}}}
     out = tmp_path / "results"
     out.mkdir()
+    added = added_search_rows(inputs, settings, record, tmp_path / "seed0-answer", runs, "search, answer loss",
+                              log=lambda _: None)
+    assert set(added) == {"cabs@0.5 [search, answer loss]"}
+    assert added["cabs@0.5 [search, answer loss]"]["search"]["loss"] == "answer tokens"
+    lines = (tmp_path / "seed0-answer" / "calibration-answer" / "colour.jsonl").read_text().splitlines()
+    assert all(set(json.loads(line)) == {"prompt", "completion"} for line in lines)
+    record["methods"].update(added)
     write_outputs(out, {"meta": meta, "seeds": [record]})
     text = (out / "results.md").read_text()
     assert "cabs@0.5 [search]" in text and "| cabs@0.5 | task_arithmetic |" in text
+    assert "| cabs@0.5 [search, answer loss] | cabs@0.5 [search] |" in text
+    with pytest.raises(RuntimeError, match="task-vector norms"):
+        altered = {**record, "task_vector_norms": {k: v + 1 for k, v in record["task_vector_norms"].items()}}
+        added_search_rows(inputs, settings, altered, tmp_path / "seed0-answer", runs, "search, answer loss")
     assert json.loads((out / "results.json").read_text())["summary"]["focus"]
     untuned = replace(settings, search=(), weight_one=(), verify=(), inspect=False)
     run_seed(inputs, untuned, 0, tmp_path / "seed0", runs[:1], log=lambda _: None)
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "finetunes").glob("*/fine_tune.json")) == marks
+
+
+def test_resume_keeps_a_seed_whose_stored_settings_match_the_preset():
+    from benchmarks.quality.causal_lm.run import PRESETS, kept_seeds, settings_record
+    from benchmarks.quality.merging import method_runs
+
+    preset = PRESETS["full"]
+    runs = method_runs(preset.densities, 256)
+    stored = json.loads(json.dumps({"meta": {"settings": settings_record(preset, runs)}, "seeds": [{"seed": 0}]}))
+    assert kept_seeds(stored, settings_record(preset, runs)) == [{"seed": 0}]
+    assert kept_seeds(stored, settings_record(PRESETS["quick"], runs)) == []

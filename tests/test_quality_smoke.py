@@ -58,7 +58,8 @@ def test_one_seed_end_to_end(tiny_bert, tmp_path):
     runs = [MethodRun("cabs", 0.25, 16)]
     settings = SeedSettings(train=TrainSettings(epochs=1, batch_size=8, body_lr=1e-3),
                             densities=(0.25,), block_size=16, initial_exponents=(0, 1),
-                            orders=False, inspect=False, search=(("cabs@0.25", "search"), ("cabs@0.25", "search, first stage")),
+                            orders=False, inspect=False, search=(("cabs@0.25", "search"), ("cabs@0.25", "search, first stage"),
+                                    ("cabs@0.25", "search, layer groups")),
                             search_evaluations=7)
     arms = run_seed(tiny_bert, tasks, settings, seed=0, workdir=tmp_path, runs=runs, log=lambda _: None)
 
@@ -81,7 +82,10 @@ def test_one_seed_end_to_end(tiny_bert, tmp_path):
     assert len(searched["test_correct"]["beta"]) == 8 and 0.0 <= searched["val_mean"] <= 1.0
     staged = record["methods"]["cabs@0.25 [search, first stage]"]["search"]
     assert staged["variant"] == "search, first stage" and staged["evaluations"] > 7  # the cheap stage's too
-    effect, _ = search_effects([record])
+    grouped = record["methods"]["cabs@0.25 [search, layer groups]"]["weights"]
+    assert all(set(groups) == {"attention", "mlp", "embeddings"} for groups in grouped.values())
+    effect, staged_effect, _ = search_effects([record])
+    assert effect["vs_plain"] is None and staged_effect["vs_plain"] is not None
     assert effect["grid"] == "cabs@0.25" and effect["grid_scales"] == [cabs["scale"]]
     summary = aggregate([record], ["alpha", "beta"])
     text = markdown({"light": {**summary, "comparisons": comparisons([record]), "searches": [effect]}},

@@ -104,6 +104,28 @@ def test_layer_group_weights_become_filters_that_mergekit_resolves_to_the_same_m
     assert all(same_bits(state[name], value) for name, value in reference.items())
 
 
+@pytest.mark.parametrize("name, group", [
+    ("model.layers.0.self_attn.q_proj.weight", "attention"), ("model.layers.0.mlp.up_proj.weight", "mlp"),
+    ("model.embed_tokens.weight", "embeddings"), ("lm_head.weight", "embeddings"),
+    ("encoder.layer.0.attention.self.query.weight", "attention"),
+    ("encoder.layer.0.attention.output.dense.weight", "attention"),
+    ("encoder.layer.0.intermediate.dense.weight", "mlp"), ("encoder.layer.0.output.dense.weight", "mlp"),
+    ("encoder.layer.0.output.LayerNorm.weight", "embeddings"), ("embeddings.word_embeddings.weight", "embeddings"),
+])
+def test_llama_and_bert_tensor_names_fall_in_their_layer_groups(name, group):
+    assert host.group_of(name) == group
+
+
+def test_layer_group_weights_without_a_group_write_filters_for_the_groups_they_have(family, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    search = host.read_search_config(config)
+    text = host.merge_config_text(search, [{"mlp": 1.5}, {"attention": 0.5, "embeddings": 0.25}])
+    first, second = (m["parameters"]["weight"] for m in yaml.safe_load(text)["models"])
+    assert first == [{"filter": "mlp", "value": 1.5}, {"filter": "intermediate", "value": 1.5},
+                     {"filter": "output.dense", "value": 1.5}, {"value": 1.5}]
+    assert second[-1] == {"value": 0.25} and {e.get("filter") for e in second[:-1]} == {"attn", "attention"}
+
+
 def test_no_checkpoint_is_read_and_nothing_is_pruned_again_after_preparation(family, tmp_path, monkeypatch):
     copies = [shutil.copytree(p, tmp_path / Path(p).name) for p in (family[0], *family[1])]
     config = write_search_config(tmp_path / "c.yml", "cabs", str(copies[0]), [str(c) for c in copies[1:]])
@@ -132,6 +154,32 @@ def test_the_batched_loss_is_the_mean_over_every_predicted_token(family, tasks):
             total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
             count += len(ids) - 1
     assert CausalLMLoss(task, 3, "cpu")(model) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_a_prompt_completion_line_counts_only_the_completion_tokens(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_base_tokenizer(family[0])
+    path = tmp_path / "pairs.jsonl"
+    pairs = [("w3 w4 w5 w6", "w7 w8"), ("w9 w10", "w11 w12 w13"), ("w14", "w15")]
+    path.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs)
+                    + json.dumps({"text": "w16 w17 w18"}) + "\n")
+    task = read_task(str(path), tokenizer, 32)
+    model = AutoModelForCausalLM.from_pretrained(family[0], dtype=torch.float32).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():  # the slow reference: each sequence alone, the predicted part by hand
+        for prompt, completion in pairs + [("w16 w17 w18", None)]:
+            head = tokenizer(prompt)["input_ids"]
+            tail = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
+            ids = head + tail
+            start = len(head) if completion else 1
+            logits = model(torch.tensor([ids])).logits[0]
+            total += float(torch.nn.functional.cross_entropy(logits[start - 1:-1], torch.tensor(ids[start:]),
+                                                             reduction="sum"))
+            count += len(ids) - start
+    assert task.starts[:3] == tuple(len(tokenizer(p)["input_ids"]) for p, _ in pairs) and task.starts[3] == 1
+    assert CausalLMLoss(task, 2, "cpu")(model) == pytest.approx(total / count, rel=1e-5)
+    assert task.subset(0.5).starts == (task.starts[0], task.starts[2])
 
 
 def test_a_first_stage_subset_spreads_over_the_file():
@@ -169,9 +217,37 @@ def test_the_cli_writes_merge_yml_with_the_best_weights_and_search_json(family, 
     assert weights == list(result.best.weights) == list(record["best"]["weights"].values())
     assert record["best"]["losses"] == list(result.best.losses) and len(record["best"]["losses"]) == 2
     assert record["bounds"] == [0.1, 2.0] and record["start"]["fitness"] == 0.0
+    assert record["best_at_bounds"] == result.best_at_bounds()
     assert len(record["evaluations"]) == len(result.evaluations) and record["versions"]["cmaes"]
     assert record["best"]["fitness"] == min(e["fitness"] for e in record["evaluations"] if e["stage"] != "first")
     assert (out / "search.png").is_file()
+
+
+def test_weights_within_one_percent_of_the_box_width_from_an_edge_are_named_with_the_edge():
+    from mergekit_cabs.search.engine import weights_at_bounds
+
+    scales = [("a", None), ("b", None), ("c", "mlp"), ("d", None)]
+    hits = weights_at_bounds(scales, [1.985, 1.0, 0.118, 0.12], (0.1, 2.0))
+    assert hits == [{"model": "a", "group": None, "weight": 1.985, "bound": "upper"},
+                    {"model": "c", "group": "mlp", "weight": 0.118, "bound": "lower"}]
+
+
+def test_the_cli_says_which_weight_ended_at_a_bound_and_how_to_widen_it(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    import mergekit_cabs.search as search_package
+    from mergekit_cabs.cli import main
+
+    best = SimpleNamespace(fitness=-0.5, index=3, weights=(2.0, 0.7))
+    result = SimpleNamespace(best=best, evaluations=[best] * 5, stopped="budget spent",
+                             weights_record=lambda w: {"m1": w[0], "m2": w[1]},
+                             best_at_bounds=lambda: [{"model": "m1", "group": None, "weight": 2.0, "bound": "upper"}])
+    monkeypatch.setattr(search_package, "search_causal_lm", lambda *a, **k: result)
+    run = CliRunner().invoke(main, ["search", str(tmp_path / "c.yml"), "--data", "t.jsonl", "--quiet"])
+    assert run.exit_code == 0, run.output
+    assert "m1 at the upper bound 2; the best weights may lie beyond --bounds 0.1 2: widen them" in run.output
 
 
 # ---- bad input fails before the search starts ----
@@ -191,6 +267,8 @@ def cli_search(config, data, out, **settings):
     ('{"text": "w3 w4"}\nnot json\n', "line 2 is not JSON"),
     ('{"text": "w3 w4"}\n{"txt": "w3 w4"}\n', 'line 2 has no "text"'),
     ('{"text": "w3 w4"}\n{"text": "w5"}\n', "line 2: the text gives 1 token"),
+    ('{"text": "w3 w4"}\n{"prompt": "w3 w4"}\n', 'line 2 has no "text" string and no "prompt" and "completion"'),
+    ('{"prompt": "' + " ".join(["w3"] * 40) + '", "completion": "w4"}\n', "line 1: no completion token is left"),
 ])
 def test_a_bad_data_file_fails_naming_the_file_and_line(family, tmp_path, no_search, content, message):
     config = write_search_config(tmp_path / "c.yml", "cabs", *family)

@@ -11,3 +11,39 @@ def test_the_search_cost_benchmark_runs_with_smoke(tmp_path):
     assert record["summary"]["evaluation_s"] > 0
     assert set(record["results"]) == {"search", "merge", "merge_load"}
     assert (tmp_path / "results" / "smoke.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_search_cost_benchmark_measures_given_checkpoints_and_calibration_files(tmp_path):
+    import json
+
+    import torch
+
+    from benchmarks.search_cost.run import main
+    from mergekit_cabs.tiny_models import build_tiny_family, save_tiny_tokenizer
+
+    base, tuned = build_tiny_family(tmp_path / "family", n_finetuned=3, dtype=torch.bfloat16)
+    save_tiny_tokenizer(base, 64)
+    data = []
+    for task in range(3):
+        path = tmp_path / f"task{task}.jsonl"
+        path.write_text("".join(json.dumps({"text": " ".join(f"w{3 + (task + j) % 60}" for j in range(9))}) + "\n"
+                                for _ in range(4)))
+        data.append(str(path))
+    record = main(["--base", base, "--models", *tuned, "--data", *data, "--density", "0.3", "--block-size", "16",
+                   "--label", "given", "--evaluations", "2",
+                   "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "results")])
+
+    config = (tmp_path / "work" / "cabs.yml").read_text()
+    assert config.count("density: 0.3") == 3 and "block_size: 16" in config
+    assert record["spec"]["data"] == data
+    assert record["summary"]["model"] == f"{base} + 3 fine-tunes"
+    assert (tmp_path / "results" / "given.json").is_file()
+
+
+def test_the_search_cost_benchmark_wants_base_models_and_data_together(capsys):
+    from benchmarks.search_cost.run import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--base", "b", "--models", "m"])
+    assert "--base, --models and --data go together" in capsys.readouterr().err

@@ -101,19 +101,30 @@ def searched_from(label: str) -> Optional[str]:
     return run if bracket else None
 
 
+PLAIN_SEARCH = " [search]"
+
+
 def search_effects(seeds: Sequence[dict]) -> list[dict]:
     """Each search row (per-model weights from ``search_weights``, any variant) minus its grid
     row (the same run at the shared scale chosen on validation), paired over sentences and
-    seeds, with both rows' validation accuracy and the search's cost."""
+    seeds, with both rows' validation accuracy, the search's cost and best fitness; a
+    variant beyond the paper also minus the plain search of the same run (``vs_plain``)."""
     effects = []
     methods = seeds[0]["methods"]
+
+    def row(label: str) -> dict:
+        return correctness(seeds, lambda s: s["methods"][label])
+
     for label in methods:
         grid = searched_from(label)
         if grid not in methods:
             continue
-        result = paired_bootstrap(correctness(seeds, lambda s, label=label: s["methods"][label]),
-                                  correctness(seeds, lambda s, grid=grid: s["methods"][grid]))
-        effects.append({"search": label, "grid": grid, **result,
+        plain = grid + PLAIN_SEARCH
+        vs_plain = paired_bootstrap(row(label), row(plain)) if label != plain and plain in methods else None
+        effects.append({"search": label, "grid": grid, **paired_bootstrap(row(label), row(grid)),
+                        "vs_plain": vs_plain,
+                        "best_fitness": statistics.fmean(s["methods"][label]["search"]["best_fitness"]
+                                                         for s in seeds),
                         "val_search": statistics.fmean(s["methods"][label]["val_mean"] for s in seeds),
                         "val_grid": statistics.fmean(validation_score(s["methods"][grid]) for s in seeds),
                         "weights": [flat_weights(s["methods"][label]["weights"]) for s in seeds],
@@ -275,13 +286,16 @@ def search_markdown(searches: Sequence[dict]) -> list[str]:
              "cross-entropy) against the grid's shared scale (chosen on validation accuracy): test "
              "difference search minus grid, paired 95 % bootstrap over sentences and seeds. Weights are in "
              "model order per seed (with layer groups: each model's groups in turn).", "",
-             "| row | evaluations | wall s | weights | grid scale | val: search / grid (%) | Δ test vs grid |",
-             "|---|---|---|---|---|---|---|"]
+             "| row | evaluations | wall s | best fitness | weights | grid scale | val: search / grid (%) "
+             "| Δ test vs grid | Δ test vs plain search |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for e in searches:
         weights = " / ".join(", ".join(f"{w:.2f}" for w in seed) for seed in e["weights"])
         scales = "/".join(f"{v:.3g}" for v in e["grid_scales"])
-        lines.append(f"| {e['search']} | {e['evaluations']:.0f} | {e['wall_seconds']:.0f} | {weights} | {scales} | "
-                     f"{e['val_search'] * 100:.1f} / {e['val_grid'] * 100:.1f} | {_difference(e)} |")
+        fitness = f"{e['best_fitness']:.3f}" if "best_fitness" in e else ""
+        lines.append(f"| {e['search']} | {e['evaluations']:.0f} | {e['wall_seconds']:.0f} | {fitness} | {weights} | "
+                     f"{scales} | {e['val_search'] * 100:.1f} / {e['val_grid'] * 100:.1f} | {_difference(e)} | "
+                     f"{_difference(e.get('vs_plain'))} |")
     return lines
 
 

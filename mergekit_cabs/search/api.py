@@ -26,6 +26,7 @@ from mergekit_cabs.search.engine import (
     check_settings,
     run_search,
     settings_record,
+    weights_at_bounds,
 )
 from mergekit_cabs.search.model import CandidateModel, ModelFactory
 
@@ -61,6 +62,10 @@ class SearchResult:
                 record.setdefault(model, {})[group] = weight
         return record
 
+    def best_at_bounds(self) -> list[dict]:
+        """The best weights that lie at an edge of the bounds (``engine.weights_at_bounds``)."""
+        return weights_at_bounds(self.scales, self.best.weights, self.settings["bounds"])
+
     def to_json(self) -> dict:
         def point(r: Evaluation) -> dict:
             return {"evaluation": r.index, "weights": self.weights_record(r.weights),
@@ -70,7 +75,7 @@ class SearchResult:
             "kind": OUTPUT_KIND, "config": self.config, "merge_method": self.merge_method,
             "models": list(self.models), "data": list(self.task_names),
             "bounds": self.settings["bounds"], "start": point(self.start), "best": point(self.best),
-            "stopped": self.stopped,
+            "best_at_bounds": self.best_at_bounds(), "stopped": self.stopped,
             "evaluations": [{**asdict(r), "fitness": r.fitness if math.isfinite(r.fitness) else None,
                              "weights": list(r.weights), "losses": list(r.losses)} for r in self.evaluations],
             "scales": [{"model": m, "group": g} for m, g in self.scales],

@@ -1,12 +1,19 @@
 """Calibration texts (one JSON-lines file per task) and the causal-LM loss on them.
 
-A task's file holds one JSON object per line with a ``"text"`` string (blank lines are
-skipped). Each text is tokenized by the base model's tokenizer as ``AutoTokenizer`` loads
-it, with its default special tokens, truncated to ``max_length`` tokens.
+A task's file holds one JSON object per line (blank lines are skipped), either
 
-The loss of a task is the mean next-token cross-entropy over every predicted token of all
-its texts: ``L = sum_texts sum_{j=1}^{n-1} -log p(x_j | x_<j) / sum_texts (n - 1)`` (not a
-mean of per-text means; a long text weighs more). Texts run in batches of ``batch_size``,
+- ``{"text": ...}``: tokenized by the base model's tokenizer as ``AutoTokenizer`` loads it,
+  with its default special tokens; every token after the first is predicted; or
+- ``{"prompt": ..., "completion": ...}``: the prompt tokenized as a text, the completion
+  without special tokens, appended; only the completion's tokens are predicted (what an
+  SFT loss on prompt-completion data counts: a chat prompt's system and user turns, the
+  same under every candidate, would otherwise outweigh the answer).
+
+Each sequence is truncated to ``max_length`` tokens. The loss of a task is the mean
+next-token cross-entropy over every predicted token of all its texts:
+``L = sum_texts sum_{j=s}^{n-1} -log p(x_j | x_<j) / sum_texts (n - s)``, ``s`` = 1 for a
+text and the prompt's token count for a prompt-completion pair (not a mean of per-text
+means; a long text weighs more). Texts run in batches of ``batch_size``,
 longest first (fewer padded positions), right-padded, the padding masked out of attention
 and of the loss; each batch's sum is float32 cross-entropy of float32 logits, the batches
 are added in double precision. The same model, texts, batch size and thread count give
@@ -19,7 +26,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -28,17 +35,25 @@ from mergekit_cabs.search.host import SearchInputError
 
 @dataclass(frozen=True)
 class CalibrationTask:
-    """One task's tokenized texts, in file order."""
+    """One task's tokenized texts, in file order; ``starts[i]``: the first predicted
+    position of text ``i`` (1 for a text, the prompt's length for a prompt-completion pair;
+    all 1 when omitted)."""
 
     path: str
     token_ids: tuple[tuple[int, ...], ...]
+    starts: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if not self.starts:
+            object.__setattr__(self, "starts", (1,) * len(self.token_ids))
 
     def subset(self, fraction: float) -> "CalibrationTask":
         """``ceil(fraction * n)`` texts spread evenly over the file (the first stage's)."""
         n = len(self.token_ids)
         count = min(n, max(1, math.ceil(fraction * n)))
         picked = sorted({math.floor(j * n / count) for j in range(count)})
-        return CalibrationTask(self.path, tuple(self.token_ids[i] for i in picked))
+        return CalibrationTask(self.path, tuple(self.token_ids[i] for i in picked),
+                               tuple(self.starts[i] for i in picked))
 
 
 def load_base_tokenizer(base_path: str) -> Any:
@@ -55,8 +70,20 @@ def load_base_tokenizer(base_path: str) -> Any:
         ) from None
 
 
-def read_texts(path: Path) -> list[tuple[int, str]]:
-    """``(line number, text)`` of every non-blank line of a JSON-lines file."""
+FORMATS = 'one object per line, {"text": ...} or {"prompt": ..., "completion": ...}'
+
+
+def calibration_line(record: object) -> Optional[tuple[str, Optional[str]]]:
+    """``(text, None)``, ``(prompt, completion)``, or None for a line of neither format."""
+    if not isinstance(record, dict):
+        return None
+    if isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        return record["prompt"], record["completion"]
+    return (record["text"], None) if isinstance(record.get("text"), str) else None
+
+
+def read_texts(path: Path) -> list[tuple[int, tuple[str, Optional[str]]]]:
+    """``(line number, calibration_line)`` of every non-blank line of a JSON-lines file."""
     if not path.is_file():
         raise SearchInputError(f"data file {path} does not exist; pass a JSON-lines file with "
                                'one {"text": ...} object per line.')
@@ -67,28 +94,40 @@ def read_texts(path: Path) -> list[tuple[int, str]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise SearchInputError(f"{path} line {number} is not JSON ({error.msg}); write one "
-                                   'object per line, e.g. {"text": "..."}.') from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise SearchInputError(f'{path} line {number} has no "text" string; write one object '
-                                   'per line, e.g. {"text": "..."}.')
-        texts.append((number, record["text"]))
+            raise SearchInputError(f"{path} line {number} is not JSON ({error.msg}); write {FORMATS}.") from None
+        line_texts = calibration_line(record)
+        if line_texts is None:
+            raise SearchInputError(f'{path} line {number} has no "text" string and no "prompt" and '
+                                   f'"completion" strings; write {FORMATS}.')
+        texts.append((number, line_texts))
     if not texts:
-        raise SearchInputError(f'{path} has no texts; write one {{"text": ...}} object per line.')
+        raise SearchInputError(f"{path} has no texts; write {FORMATS}.")
     return texts
 
 
+def tokenize_line(tokenizer: Any, text: str, completion: Optional[str], max_length: int) -> tuple[list[int], int]:
+    """A line's token ids (at most ``max_length``) and its first predicted position."""
+    if completion is None:
+        return tokenizer(text, truncation=True, max_length=max_length)["input_ids"], 1
+    prompt = tokenizer(text)["input_ids"]
+    answer = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return (list(prompt) + list(answer))[:max_length], max(len(prompt), 1)
+
+
 def read_task(path: str, tokenizer: Any, max_length: int) -> CalibrationTask:
-    """Read and tokenize one task's file; every text must give at least 2 tokens."""
-    token_ids = []
-    for number, text in read_texts(Path(path)):
-        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-        if len(ids) < 2:
-            raise SearchInputError(
-                f"{path} line {number}: the text gives {len(ids)} token(s) with the base's "
-                "tokenizer; a loss needs at least 2 (one to predict). Lengthen or remove it.")
+    """Read and tokenize one task's file; every line must leave a token to predict."""
+    token_ids, starts = [], []
+    for number, (text, completion) in read_texts(Path(path)):
+        ids, start = tokenize_line(tokenizer, text, completion, max_length)
+        if len(ids) - start < 1:
+            what = (f"the text gives {len(ids)} token(s) with the base's tokenizer; a loss needs at "
+                    "least 2 (one to predict). Lengthen or remove it." if completion is None else
+                    f"no completion token is left within --max-length {max_length} after the prompt's "
+                    f"{start} token(s); shorten the prompt, raise --max-length, or give a completion.")
+            raise SearchInputError(f"{path} line {number}: {what}")
         token_ids.append(tuple(ids))
-    return CalibrationTask(str(path), tuple(token_ids))
+        starts.append(start)
+    return CalibrationTask(str(path), tuple(token_ids), tuple(starts))
 
 
 class CausalLMLoss:
@@ -98,18 +137,19 @@ class CausalLMLoss:
         self.task = task
         self.device = torch.device(device)
         by_length = sorted(range(len(task.token_ids)), key=lambda i: -len(task.token_ids[i]))
-        self.batches = [self._batch([task.token_ids[i] for i in by_length[lo:lo + batch_size]])
+        self.batches = [self._batch([(task.token_ids[i], task.starts[i]) for i in by_length[lo:lo + batch_size]])
                         for lo in range(0, len(by_length), batch_size)]
-        self.predicted = sum(len(ids) - 1 for ids in task.token_ids)
+        self.predicted = sum(len(ids) - start for ids, start in zip(task.token_ids, task.starts))
 
-    def _batch(self, texts: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, ...]:
-        width = max(len(ids) for ids in texts)
+    def _batch(self, texts: Sequence[tuple[tuple[int, ...], int]]) -> tuple[torch.Tensor, ...]:
+        width = max(len(ids) for ids, _ in texts)
         input_ids = torch.zeros((len(texts), width), dtype=torch.int64)
         attention = torch.zeros((len(texts), width), dtype=torch.int64)
-        for row, ids in enumerate(texts):
+        labels = torch.full((len(texts), width), -100, dtype=torch.int64)
+        for row, (ids, start) in enumerate(texts):
             input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
             attention[row, :len(ids)] = 1
-        labels = input_ids.masked_fill(attention == 0, -100)
+            labels[row, start:len(ids)] = input_ids[row, start:len(ids)]
         return input_ids.to(self.device), attention.to(self.device), labels.to(self.device)
 
     def __call__(self, model: torch.nn.Module) -> float:

@@ -24,10 +24,13 @@ from mergekit_cabs.search.pruned import TensorInputs
 from mergekit_cabs.validation import MergeConfigError, agreed_buffer, check_tensors_finite
 
 # One scale per layer group (--layer-groups): MergeKit's filters match a substring of the
-# tensor name and the first match wins, so the groups are exactly this chain.
-GROUP_FILTERS = (("attention", "attn"), ("mlp", "mlp"))
+# tensor name and the first match wins, so the groups are exactly this chain. Llama-style
+# names (self_attn, mlp) and BERT-style ones (attention.*, intermediate.dense and the
+# feed-forward's output.dense, which comes after attention.output.dense in the chain).
+GROUP_FILTERS = (("attention", "attn"), ("attention", "attention"),
+                 ("mlp", "mlp"), ("mlp", "intermediate"), ("mlp", "output.dense"))
 OTHER_GROUP = "embeddings"  # everything else: embeddings, output head, norms
-LAYER_GROUPS = tuple(g for g, _ in GROUP_FILTERS) + (OTHER_GROUP,)
+LAYER_GROUPS = tuple(dict.fromkeys(g for g, _ in GROUP_FILTERS)) + (OTHER_GROUP,)
 
 
 def group_of(tensor_name: str) -> str:
@@ -188,7 +191,9 @@ WeightSetting = Union[float, Mapping[str, float]]  # one weight, or one per laye
 
 def merge_config_text(search: SearchConfig, weights: Sequence[WeightSetting]) -> str:
     """The input config with ``weights`` (one per fine-tuned model) as their `weight:`;
-    a per-group mapping becomes MergeKit filters (``GROUP_FILTERS``, then a default)."""
+    a per-group mapping becomes MergeKit filters (``GROUP_FILTERS`` of the groups it has,
+    then a default: its ``OTHER_GROUP`` weight, or, where no tensor is in that group and so
+    none takes the default, its first weight)."""
     import yaml
 
     raw = copy.deepcopy(search.raw)
@@ -197,9 +202,10 @@ def merge_config_text(search: SearchConfig, weights: Sequence[WeightSetting]) ->
         if not isinstance(entry.get("parameters"), dict):
             entry["parameters"] = {}
         if isinstance(weight, Mapping):
+            default = weight.get(OTHER_GROUP, next(iter(weight.values())))
             entry["parameters"]["weight"] = (
-                [{"filter": text, "value": float(weight[group])} for group, text in GROUP_FILTERS]
-                + [{"value": float(weight[OTHER_GROUP])}])
+                [{"filter": text, "value": float(weight[group])} for group, text in GROUP_FILTERS if group in weight]
+                + [{"value": float(default)}])
         else:
             entry["parameters"]["weight"] = float(weight)
     return yaml.safe_dump(raw, sort_keys=False)

@@ -130,17 +130,27 @@ def descendant_scores(ctx: LMContext, tuned: Sequence[dict]) -> dict:
     return out
 
 
-def calibration_files(ctx: LMContext, raw_tasks: Sequence[PromptTask], tokenizer, count: int, folder: Path) -> list[str]:
+# How a search row's calibration loss counts tokens: every token of the chat text (the
+# paper's "loss on calibration data" read literally), or the answer and end-of-turn tokens
+# only (prompt-completion lines, the tokens the fine-tunes were trained on).
+SEARCH_VARIANTS = {"search": False, "search, answer loss": True}
+
+
+def calibration_files(ctx: LMContext, raw_tasks: Sequence[PromptTask], tokenizer, count: int, folder: Path,
+                      answer_only: bool = False) -> list[str]:
     """Per task, ``count`` training prompts with their answers, as the search's JSON lines:
-    the chat-formatted turn and the answer, as the fine-tune saw them (seeded draw)."""
+    the chat-formatted turn and the answer, as the fine-tune saw them (seeded draw); as one
+    ``text``, or as ``prompt`` and ``completion`` with ``answer_only``."""
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(ctx.seed)
     files = []
     for task in raw_tasks:
         questions, answers = task.train
         picks = torch.randperm(len(questions), generator=generator)[:count].tolist()
-        lines = [json.dumps({"text": chat_text(tokenizer, task.instruction, questions[i])
-                             + task.choices[answers[i]] + "<|im_end|>"}) for i in picks]
+        pairs = [(chat_text(tokenizer, task.instruction, questions[i]), task.choices[answers[i]] + "<|im_end|>")
+                 for i in picks]
+        lines = [json.dumps({"prompt": prompt, "completion": answer} if answer_only else {"text": prompt + answer})
+                 for prompt, answer in pairs]
         path = folder / f"{task.name}.jsonl"
         path.write_text("\n".join(lines) + "\n")
         files.append(str(path))
@@ -206,14 +216,9 @@ def seed_record(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir
     missing = [label for label in settings.search + settings.weight_one if label not in by_label]
     if missing:
         raise ValueError(f"search or weight-1 rows {missing} are not among the runs {list(by_label)}")
-    torch.manual_seed(seed)
-    tuned = [cached_fine_tune(inputs.make_model, raw, task, settings.fine_tune, seed, inputs.base_path,
-                              inputs.cache, log) for raw, task in zip(inputs.raw_tasks, inputs.tasks)]
-    paths = [p for p, _ in tuned]
-    base_state = load_body_state(Path(inputs.base_path))
-    ctx = LMContext(seed, workdir, inputs.tasks, inputs.base_path, paths, base_state, inputs.make_model(), {},
-                    general=inputs.general)
-    tuned_states = [load_body_state(Path(p)) for p in paths]
+    ctx, tuned = seed_context(inputs, settings, seed, workdir, log)
+    base_state = ctx.base_state
+    tuned_states = [load_body_state(Path(p)) for p, _ in tuned]
     names = [t.name for t in inputs.tasks]
     descendants = descendant_scores(ctx, tuned_states)
     individual = {t: descendants[t]["test"][t] for t in names}
@@ -234,17 +239,58 @@ def seed_record(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir
                           initial_exponents=settings.initial_exponents, verify=lambda r: r.label in settings.verify)
     record["methods"] = run_methods(ctx, runs, shared, individual, log)
     record["methods"].update(weight_one_rows(ctx, [by_label[k] for k in settings.weight_one], individual))
-    if settings.search:
-        data = calibration_files(ctx, inputs.raw_tasks, inputs.tokenizer, settings.calibration_texts,
-                                 workdir / "calibration")
-        for label in settings.search:
-            row = search_row(ctx, by_label[label], calibration_search(ctx, data, settings), individual,
-                             {"calibration_texts_per_task": settings.calibration_texts})
-            record["methods"][f"{label} [search]"] = row
-            log(f"seed {seed}: {label} [search] weights {row['weights']} test mean {row['mean']:.4f} "
-                f"({row['search']['evaluations']} evaluations, {row['search']['wall_seconds']:.0f}s)")
+    record["methods"].update(search_rows(ctx, inputs, settings, by_label, individual, "search", log))
     record["inspect"], record["overlap"] = inspected(ctx, runs) if settings.inspect else ({}, {})
     record["seconds"] = {**{k: round(v, 1) for k, v in ctx.timer.totals.items()},
                          "seed": round(time.perf_counter() - started, 1)}
     log(f"seed {seed}: done in {record['seconds']['seed']:.0f}s")
     return record
+
+
+def seed_context(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir: Path,
+                 log: Callable[[str], None]) -> tuple[LMContext, list[tuple[str, dict]]]:
+    """A seed's context (its fine-tunes from the cache, trained there if missing) and the
+    fine-tunes' (path, training record)."""
+    torch.manual_seed(seed)
+    tuned = [cached_fine_tune(inputs.make_model, raw, task, settings.fine_tune, seed, inputs.base_path,
+                              inputs.cache, log) for raw, task in zip(inputs.raw_tasks, inputs.tasks)]
+    ctx = LMContext(seed, workdir, inputs.tasks, inputs.base_path, [p for p, _ in tuned],
+                    load_body_state(Path(inputs.base_path)), inputs.make_model(), {}, general=inputs.general)
+    return ctx, tuned
+
+
+def search_rows(ctx: LMContext, inputs: SeedInputs, settings: LMSeedSettings, by_label: dict, individual: dict,
+                variant: str, log: Callable[[str], None]) -> dict:
+    """``settings.search``'s runs at weights from ``mergekit-cabs search`` on calibration
+    prompts of the train split, the loss as ``SEARCH_VARIANTS[variant]`` says."""
+    if not settings.search:
+        return {}
+    answer_only = SEARCH_VARIANTS[variant]
+    data = calibration_files(ctx, inputs.raw_tasks, inputs.tokenizer, settings.calibration_texts,
+                             ctx.workdir / ("calibration-answer" if answer_only else "calibration"), answer_only)
+    rows = {}
+    for label in settings.search:
+        row = search_row(ctx, by_label[label], calibration_search(ctx, data, settings), individual,
+                         {"calibration_texts_per_task": settings.calibration_texts, "variant": variant,
+                          "loss": "answer tokens" if answer_only else "every token"}, variant)
+        rows[f"{label} [{variant}]"] = row
+        log(f"seed {ctx.seed}: {label} [{variant}] weights {row['weights']} test mean {row['mean']:.4f} "
+            f"({row['search']['evaluations']} evaluations, {row['search']['wall_seconds']:.0f}s)")
+    return rows
+
+
+def added_search_rows(inputs: SeedInputs, settings: LMSeedSettings, record: dict, workdir: Path,
+                      runs: Sequence[MethodRun], variant: str, log: Callable[[str], None] = print) -> dict:
+    """Search rows of ``variant`` for a finished seed ``record``, on the same fine-tunes:
+    their task-vector norms must equal the record's (a fine-tune retrained on another
+    machine must come out the same), else nothing is added."""
+    with owned_output_dir(workdir, TOOL) as owned:
+        ctx, tuned = seed_context(inputs, settings, record["seed"], owned, log)
+        norms = task_vector_geometry(ctx.base_state, [load_body_state(Path(p)) for p, _ in tuned],
+                                     [t.name for t in inputs.tasks])["norms"]
+        stored = record["task_vector_norms"]
+        if any(not math.isclose(norms[t], stored[t], rel_tol=1e-6) for t in stored):
+            raise RuntimeError(f"seed {record['seed']}: the cached fine-tunes' task-vector norms {norms} differ "
+                               f"from the record's {stored}; rows added now would not belong to this seed")
+        individual = record["individual"]["test"]
+        return search_rows(ctx, inputs, settings, {r.label: r for r in runs}, individual, variant, log)

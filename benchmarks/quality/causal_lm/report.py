@@ -17,7 +17,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..report import _cell, _difference, aggregate, ca_gain_figure, ca_gains, comparisons, correctness, figure
+from ..report import (
+    _cell,
+    _difference,
+    aggregate,
+    ca_gain_figure,
+    ca_gains,
+    comparisons,
+    correctness,
+    figure,
+    searched_from,
+)
 from ..stats import paired_bootstrap
 
 ARM = "smollm2"
@@ -65,9 +75,10 @@ def focus_pairs(seeds: Sequence[dict]) -> list[tuple[str, str]]:
         cabs = f"cabs@{d:g}"
         pairs += [(cabs, "task_arithmetic"), (cabs, f"ties@{d:g}"), (cabs, f"{cabs} [weight 1]")]
         for label in methods:
-            if label.endswith(" [search]") and methods[label]["density"] == d:
-                grid = label.removesuffix(" [search]")
+            grid = searched_from(label)
+            if grid and methods[label]["density"] == d:
                 pairs += [(label, grid), (label, f"{grid} [weight 1]"), (label, "task_arithmetic")]
+                pairs += [(label, f"{grid} [search]")] if label != f"{grid} [search]" else []
     return [(a, b) for a, b in pairs if a in methods and b in methods]
 
 
@@ -116,7 +127,9 @@ def setup_lines(data: dict) -> list[str]:
              "chat template; a prompt is correct when the right answer's token has the largest logit "
              "among the task's choices. Weights: the shared weight (lambda for MergeKit's normalizing "
              "`ties`) chosen on validation over powers of two; `[weight 1]`: every weight 1; `[search]`: "
-             "`mergekit-cabs search` from weight 1 on calibration prompts of the train split.", "",
+             "`mergekit-cabs search` from weight 1 on calibration prompts of the train split, the loss on every "
+             "token of each chat text; `[search, answer loss]`: the same prompts as prompt-completion lines, "
+             "the loss on the answer and end-of-turn tokens only.", "",
              wall_line(meta, seeds),
              "", "Descendants' test accuracy (%) on every task (row: the model, column: the task), "
              "general-text perplexity, and the fine-tune (seed 0):", "",
@@ -174,13 +187,13 @@ def focus_lines(summary: dict, seeds: Sequence[dict]) -> list[str]:
     lines = ["", "## The comparisons the README answers with", "",
              "| row | minus | Δ points [95 %] |", "|---|---|---|"]
     lines += [f"| {f['a']} | {f['b']} | {_difference(f)} |" for f in summary["focus"] if f]
-    searched = [(label, row) for label, row in seeds[0]["methods"].items() if label.endswith(" [search]")]
+    searched = [(label, row) for label, row in seeds[0]["methods"].items() if searched_from(label)]
     if searched:
         lines += ["", "Search cost and outcome per seed (weights in model order: " + ", ".join(task_names(seeds)) + "):", "",
                   "| row | seed | evaluations | wall s | fitness start -> best | val mean: search / grid |",
                   "|---|---|---|---|---|---|"]
         for label, _ in searched:
-            grid = label.removesuffix(" [search]")
+            grid = searched_from(label)
             for s in seeds:
                 row, info = s["methods"][label], s["methods"][label]["search"]
                 grid_val = s["methods"][grid]["val_curve"][f"{s['methods'][grid]['scale']:.6g}"] \

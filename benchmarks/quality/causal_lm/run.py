@@ -25,7 +25,7 @@ from typing import Optional
 from ..merging import method_runs
 from ..run import versions
 from .lm import FineTuneSettings
-from .pipeline import LMSeedSettings, SeedInputs, run_seed
+from .pipeline import SEARCH_VARIANTS, LMSeedSettings, SeedInputs, added_search_rows, run_seed
 from .report import write_outputs
 from .tasks import TASKS, TaskSizes, general_text, load_prompt_tasks
 
@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run only these of the preset's seeds now (the others later with --resume)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--add-search", choices=[v for v in SEARCH_VARIANTS if v != "search"],
+                        help="add this search variant's rows to every seed --out's results.json holds "
+                             "(same settings; the seeds' fine-tunes from the cache, retrained if missing)")
     return parser.parse_args(argv)
 
 
@@ -100,9 +103,16 @@ def load_inputs(preset: Preset, workdir: Path) -> SeedInputs:
 
 
 def settings_record(preset: Preset, runs) -> dict:
-    """What a seed's results depend on: --resume keeps a seed only if this matches."""
-    return {"preset": asdict(preset), "fine_tune": asdict(FINE_TUNE), "block_size": BLOCK_SIZE,
-            "runs": [r.label for r in runs], "tasks": list(TASKS)}
+    """What a seed's results depend on: --resume keeps a seed only if this matches. In the
+    form results.json stores it (lists, not tuples), so that a stored record compares equal."""
+    record = {"preset": asdict(preset), "fine_tune": asdict(FINE_TUNE), "block_size": BLOCK_SIZE,
+              "runs": [r.label for r in runs], "tasks": list(TASKS)}
+    return json.loads(json.dumps(record))
+
+
+def kept_seeds(previous: dict, record: dict) -> list[dict]:
+    """The seeds of an earlier results.json that ran with these settings."""
+    return previous.get("seeds", []) if previous.get("meta", {}).get("settings") == record else []
 
 
 def main(argv=None) -> None:
@@ -121,10 +131,13 @@ def main(argv=None) -> None:
     runs = [r for r in method_runs(preset.densities, BLOCK_SIZE) if preset.methods is None or r.method in preset.methods]
     record = settings_record(preset, runs)
     previous = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").is_file() else {}
-    kept = previous.get("seeds", []) if previous.get("meta", {}).get("settings") == record else []
+    kept = kept_seeds(previous, record)
     command = "HF_HUB_OFFLINE=1 " + shlex.join(["python", "-m", "benchmarks.quality.causal_lm.run", *(argv or sys.argv[1:])])
     started = time.perf_counter()
     inputs = load_inputs(preset, args.workdir)
+    if args.add_search:
+        add_search(args, preset_name, out, inputs, runs, record, command)
+        return
     unknown = sorted(set(args.seeds or ()) - set(preset.seeds))
     if unknown:
         raise SystemExit(f"--seeds {unknown}: the {preset_name} preset's seeds are {list(preset.seeds)}")
@@ -141,6 +154,30 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_outputs(out, {"meta": meta, "seeds": sorted(seeds, key=lambda s: s["seed"])})
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min -> {out}")
+
+
+def add_search(args: argparse.Namespace, preset_name: str, out: Path, inputs: SeedInputs, runs, record: dict,
+               command: str) -> None:
+    """``--add-search``: the variant's rows for every seed of ``out``'s results.json, written
+    after each seed; a seed that has them already is skipped."""
+    data = json.loads((out / "results.json").read_text())
+    if data["meta"]["settings"] != record:
+        raise SystemExit(f"{out / 'results.json'} ran with other settings than the {preset_name} preset; "
+                         "run the preset first")
+    settings = settings_of(PRESETS[preset_name])
+    slug = args.add_search.replace(", ", "-").replace(" ", "_")
+    for seed in data["seeds"]:
+        if all(f"{label} [{args.add_search}]" in seed["methods"] for label in settings.search):
+            print(f"seed {seed['seed']}: has the {args.add_search} rows")
+            continue
+        started = time.perf_counter()
+        seed["methods"].update(added_search_rows(inputs, settings, seed,
+                                                 args.workdir / preset_name / f"seed{seed['seed']}-{slug}", runs,
+                                                 args.add_search))
+        seed.setdefault("added", []).append({"rows": args.add_search, "command": command,
+                                             "seconds": round(time.perf_counter() - started, 1),
+                                             "finished": time.strftime("%Y-%m-%d")})
+        write_outputs(out, data)
 
 
 if __name__ == "__main__":
