@@ -173,9 +173,9 @@ def test_one_seed_of_the_causal_lm_regime_end_to_end(tmp_path):
             "settings": {"preset": {"sizes": {"train": 24, "val": 8, "test": 8}}}}
     out = tmp_path / "results"
     out.mkdir()
-    added = added_search_rows(inputs, settings, record, tmp_path / "seed0-answer", runs, "search, answer loss",
-                              log=lambda _: None)
-    assert set(added) == {"cabs@0.5 [search, answer loss]"}
+    added, provenance = added_search_rows(inputs, settings, record, tmp_path / "seed0-answer", runs,
+                                          "search, answer loss", log=lambda _: None)
+    assert set(added) == {"cabs@0.5 [search, answer loss]"} and provenance == {"max_norm_drift": 0.0}
     assert added["cabs@0.5 [search, answer loss]"]["search"]["loss"] == "answer tokens"
     lines = (tmp_path / "seed0-answer" / "calibration-answer" / "colour.jsonl").read_text().splitlines()
     assert all(set(json.loads(line)) == {"prompt", "completion"} for line in lines)
@@ -187,6 +187,12 @@ def test_one_seed_of_the_causal_lm_regime_end_to_end(tmp_path):
     with pytest.raises(RuntimeError, match="task-vector norms"):
         altered = {**record, "task_vector_norms": {k: v + 1 for k, v in record["task_vector_norms"].items()}}
         added_search_rows(inputs, settings, altered, tmp_path / "seed0-answer", runs, "search, answer loss")
+    nudged = {**record, "task_vector_norms": {k: v * (1 + 1e-5) for k, v in record["task_vector_norms"].items()}}
+    _, provenance = added_search_rows(inputs, replace(settings, search=()), nudged, tmp_path / "seed0-answer", runs,
+                                      "search, answer loss", log=lambda _: None, tolerance=1e-4)
+    again = provenance["reproduced"]["cabs@0.5 [weight 1]"]  # the same fine-tunes: the same verdicts
+    assert provenance["max_norm_drift"] > 0 and again["changed_prompts"] == 0
+    assert again["mean"] == again["recorded_mean"] and again["prompts"] > 0
     assert json.loads((out / "results.json").read_text())["summary"]["focus"]
     untuned = replace(settings, search=(), weight_one=(), verify=(), inspect=False)
     run_seed(inputs, untuned, 0, tmp_path / "seed0", runs[:1], log=lambda _: None)

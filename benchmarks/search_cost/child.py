@@ -15,11 +15,16 @@ import time
 from pathlib import Path
 
 
-def peak_rss_mib() -> float:
+def status_mib(field: str) -> float:
+    """A ``/proc/self/status`` memory field in MiB: ``VmHWM`` (peak RSS) or ``VmRSS`` (now)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return status_mib("VmHWM")
 
 
 def causal_losses(spec: dict):
@@ -36,9 +41,11 @@ def measure_search(spec: dict) -> dict:
     from mergekit_cabs.search.model import CandidateModel
 
     losses = causal_losses(spec)
+    runtime = status_mib("VmRSS")  # imports, tokenizer and texts: before any tensor is read
     started = time.perf_counter()
     candidate = CandidateModel.prepare(host.read_search_config(spec["config"]))
     prepared = time.perf_counter() - started
+    prepare_peak, resident = peak_rss_mib(), status_mib("VmRSS")
     scales = candidate.scales(False)
     assemble, evaluate = [], []
     for step in range(spec["evaluations"]):
@@ -53,6 +60,7 @@ def measure_search(spec: dict) -> dict:
     return {"prepare_s": prepared, "assemble_s": statistics.median(assemble),
             "losses_s": statistics.median(evaluate),
             "evaluation_s": statistics.median(a + e for a, e in zip(assemble, evaluate)),
+            "runtime_rss_mib": runtime, "prepare_peak_rss_mib": prepare_peak, "prepared_rss_mib": resident,
             "compact_bytes": candidate.compact_bytes(),
             "model_bytes": sum(p.numel() * p.element_size() for p in candidate.model.parameters())}
 

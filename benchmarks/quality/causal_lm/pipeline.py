@@ -279,18 +279,48 @@ def search_rows(ctx: LMContext, inputs: SeedInputs, settings: LMSeedSettings, by
     return rows
 
 
+def norm_drift(norms: dict, stored: dict) -> float:
+    """The largest relative difference between recomputed and recorded task-vector norms."""
+    return max(abs(norms[t] - stored[t]) / stored[t] for t in stored)
+
+
 def added_search_rows(inputs: SeedInputs, settings: LMSeedSettings, record: dict, workdir: Path,
-                      runs: Sequence[MethodRun], variant: str, log: Callable[[str], None] = print) -> dict:
-    """Search rows of ``variant`` for a finished seed ``record``, on the same fine-tunes:
-    their task-vector norms must equal the record's (a fine-tune retrained on another
-    machine must come out the same), else nothing is added."""
+                      runs: Sequence[MethodRun], variant: str, log: Callable[[str], None] = print,
+                      tolerance: float = 1e-6) -> tuple[dict, dict]:
+    """Search rows of ``variant`` for a finished seed ``record``, and their provenance.
+
+    The fine-tunes come from the cache, retrained where missing. A fine-tune retrained on
+    another machine matches only up to float rounding, so their task-vector norms must
+    equal the record's within ``tolerance`` (relative), else nothing is added. Where they
+    differ at all, the seed's weight-1 rows are merged and scored again from these
+    fine-tunes: the provenance then says how far a recorded row moves with them."""
+    by_label = {r.label: r for r in runs}
     with owned_output_dir(workdir, TOOL) as owned:
         ctx, tuned = seed_context(inputs, settings, record["seed"], owned, log)
         norms = task_vector_geometry(ctx.base_state, [load_body_state(Path(p)) for p, _ in tuned],
                                      [t.name for t in inputs.tasks])["norms"]
-        stored = record["task_vector_norms"]
-        if any(not math.isclose(norms[t], stored[t], rel_tol=1e-6) for t in stored):
+        drift = norm_drift(norms, record["task_vector_norms"])
+        if drift > tolerance:
             raise RuntimeError(f"seed {record['seed']}: the cached fine-tunes' task-vector norms {norms} differ "
-                               f"from the record's {stored}; rows added now would not belong to this seed")
+                               f"from the record's {record['task_vector_norms']} by up to {drift:.1e} (relative), "
+                               f"over the tolerance {tolerance:g}; rows added now would not belong to this seed")
         individual = record["individual"]["test"]
-        return search_rows(ctx, inputs, settings, {r.label: r for r in runs}, individual, variant, log)
+        provenance: dict = {"max_norm_drift": drift}
+        if drift > 0:
+            provenance["reproduced"] = reproduced_rows(ctx, [by_label[k] for k in settings.weight_one], record,
+                                                       individual)
+            log(f"seed {record['seed']}: fine-tunes retrained (norms within {drift:.1e}); weight-1 rows again: "
+                f"{provenance['reproduced']}")
+        return search_rows(ctx, inputs, settings, by_label, individual, variant, log), provenance
+
+
+def reproduced_rows(ctx: LMContext, runs: Sequence[MethodRun], record: dict, individual: dict) -> dict:
+    """``runs``' weight-1 rows merged and scored again: the recorded and the new test mean
+    (points) and how many test prompts changed their verdict."""
+    out = {}
+    for label, row in weight_one_rows(ctx, runs, individual).items():
+        then = record["methods"][label]
+        changed = sum(a != b for t, now in row["test_correct"].items() for a, b in zip(now, then["test_correct"][t]))
+        out[label] = {"recorded_mean": round(100 * then["mean"], 2), "mean": round(100 * row["mean"], 2),
+                      "changed_prompts": changed, "prompts": sum(len(v) for v in row["test_correct"].values())}
+    return out

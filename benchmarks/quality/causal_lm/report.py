@@ -201,7 +201,23 @@ def focus_lines(summary: dict, seeds: Sequence[dict]) -> list[str]:
                 lines.append(f"| {label} | {s['seed']} | {info['evaluations']} | {info['wall_seconds']:.0f} | "
                              f"{info['start_fitness']:.3g} -> {info['best_fitness']:.3g} | "
                              f"{row['val_mean'] * 100:.1f} / {grid_val * 100:.1f} |")
-    return lines
+    return lines + added_lines(seeds)
+
+
+def added_lines(seeds: Sequence[dict]) -> list[str]:
+    """Rows added to finished seeds (``--add-search``): when, and, where the seed's
+    fine-tunes were retrained, how far its recorded weight-1 rows moved with them."""
+    lines = []
+    for s in seeds:
+        for added in s.get("added", []):
+            note = f"- Seed {s['seed']}: `{added['rows']}` rows added {added['finished']} ({added['seconds']:.0f} s)"
+            if added.get("reproduced"):
+                again = "; ".join(f"{label} {r['recorded_mean']:.2f} -> {r['mean']:.2f} ({r['changed_prompts']} of "
+                                  f"{r['prompts']} prompts changed)" for label, r in added["reproduced"].items())
+                note += (f" on retrained fine-tunes (task-vector norms within {added['max_norm_drift']:.1e} "
+                         f"relative of the recorded ones); the weight-1 rows merged and scored again: {again}")
+            lines.append(note + ".")
+    return ["", *lines] if lines else []
 
 
 def masks_lines(summary: dict, seeds: Sequence[dict]) -> list[str]:
