@@ -10,7 +10,9 @@ import torch
 import yaml
 
 from mergekit_cabs.search import SearchInputError, SearchSettings, fitness, search_causal_lm, search_weights
-from mergekit_cabs.search import host
+from mergekit_cabs.kernels import task_masks, tensor_seed
+from mergekit_cabs.methods import METHODS_BY_NAME
+from mergekit_cabs.search import host, pruned
 from mergekit_cabs.search.calibration import CausalLMLoss, CalibrationTask, load_base_tokenizer, read_task
 from mergekit_cabs.search.model import CandidateModel
 from tests.search_helpers import (
@@ -86,6 +88,34 @@ def test_an_assembled_candidate_is_bit_for_bit_the_mergekit_merge(family, tmp_pa
         reference = merged_state(host.merge_config_text(search, vector), tmp_path / f"m{vector[0]}", seed)
         state = candidate.model.state_dict()
         assert reference and all(same_bits(state[name], value) for name, value in reference.items())
+
+
+@pytest.mark.parametrize("method", ["cabs", "nm_linear", "magnitude_linear"])
+def test_masks_pruned_span_by_span_are_the_whole_tensors_masks(monkeypatch, method):
+    torch.manual_seed(0)
+    base = torch.randn(1000).bfloat16()  # 62 blocks of 16 and a tail of 8
+    tuned = tuple((base.float() + 0.1 * torch.randn(1000)).bfloat16() for _ in range(3))
+    recipe = METHODS_BY_NAME[method].recipe
+    inputs = pruned.TensorInputs("w", base, tuned, torch.bfloat16, recipe, (0.3, 0.2, 0.25), 16, 1.0, False, 0)
+    monkeypatch.setattr(pruned, "SUPPORT_CHUNK", 40)  # spans of 2 blocks
+    got = pruned.model_masks(inputs, base, list(tuned))
+    taus = [t.float() - base.float() for t in tuned]  # the reference: the whole tensor at once
+    want = task_masks(recipe, taus, (0.3, 0.2, 0.25), 16, [tensor_seed(0, "w", i) for i in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and all(m.any() for m in got)
+
+
+@pytest.mark.parametrize("method", ["cabs", "cabs_ties"])
+def test_a_candidate_pruned_and_merged_in_small_spans_is_bit_for_bit_the_mergekit_merge(family, tmp_path,
+                                                                                         monkeypatch, method):
+    monkeypatch.setattr(pruned, "SUPPORT_CHUNK", 24)
+    config = write_search_config(tmp_path / "c.yml", method, *family, density=0.3, shared={"block_size": 8})
+    search = host.read_search_config(config)
+    candidate = CandidateModel.prepare(search)
+    vector = [0.37, 1.61]
+    candidate.assemble(candidate.tensor_weights(candidate.scales(False), vector))
+    reference = merged_state(host.merge_config_text(search, vector), tmp_path / "m")
+    state = candidate.model.state_dict()
+    assert reference and all(same_bits(state[name], value) for name, value in reference.items())
 
 
 def test_layer_group_weights_become_filters_that_mergekit_resolves_to_the_same_merge(family, tmp_path):

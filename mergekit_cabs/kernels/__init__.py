@@ -17,7 +17,14 @@ import merge_tensor, MergeArgs`` is the way in.
 """
 
 from mergekit_cabs.kernels.combine import linear_combine, masked_merge, ties_combine
-from mergekit_cabs.kernels.dispatch import TORCH_KERNELS_ENV, Merged, checked_merge, compiled_module, merge_tensor
+from mergekit_cabs.kernels.dispatch import (
+    TORCH_KERNELS_ENV,
+    Merged,
+    checked_merge,
+    compiled_module,
+    merge_tensor,
+    nm_chunk_spans,
+)
 from mergekit_cabs.kernels.masks import (
     block_top_mask,
     conflict_aware_masks,
@@ -50,7 +57,7 @@ __all__ = [
     "TORCH_KERNELS_ENV", "Combine", "MergeArgs", "Merged", "Recipe", "Sparsifier", "block_top_mask",
     "checked_merge",
     "compiled_module", "conflict_aware_masks", "keep_count", "linear_combine", "magnitude_mask",
-    "masked_merge", "merge_scales", "merge_tensor", "mix32", "nm_mask", "normalizer",
+    "masked_merge", "merge_scales", "merge_tensor", "mix32", "nm_chunk_spans", "nm_mask", "normalizer",
     "per_tensor_merge", "random_mask", "random_score_keys", "random_scores", "round_half_up",
     "score_bits", "tail_keep_count", "tail_keep_counts", "task_masks", "ties_combine",
     "top_k_rows", "tensor_seed",

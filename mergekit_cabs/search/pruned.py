@@ -34,10 +34,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from mergekit_cabs.kernels import MergeArgs, Recipe, masked_merge, task_masks, tensor_seed
+from mergekit_cabs.kernels import MergeArgs, Recipe, Sparsifier, masked_merge, nm_chunk_spans, task_masks, tensor_seed
 
-# Elements of ``support`` merged per pass: the candidate's temporaries are (2k + 3) float32
-# chunks of this size, whatever the tensor's size.
+# Elements per pass: of ``support`` when a candidate is merged (its temporaries are (2k + 3)
+# float32 chunks of this size, whatever the tensor's size), and of an n:m tensor when it is
+# pruned (k + 1 float32 spans, not k + 1 whole tensors).
 SUPPORT_CHUNK = 1 << 22
 
 
@@ -95,30 +96,44 @@ class TensorInputs:
     seed: int  # the merge's random seed (DARE masks)
 
 
+def model_masks(inputs: TensorInputs, base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each model's bool mask of the flattened tensor, from ``kernels.task_masks`` exactly as
+    the merge computes them (float32 task vectors, ``tensor_seed`` per model). n:m masks are
+    decided block by block, so they are computed a span of whole blocks at a time, as the
+    merge merges (``nm_chunk_spans``): one span's float32 task vectors at once, not the
+    whole tensor's. The per-tensor sparsifiers rank the whole tensor in one pass."""
+    numel = base.numel()
+    seeds = [tensor_seed(inputs.seed, inputs.name, i) for i in range(len(tuned))]
+    spans = (nm_chunk_spans(numel, inputs.block_size, max(1, SUPPORT_CHUNK // inputs.block_size))
+             if inputs.recipe.sparsifier is Sparsifier.NM else [(0, numel)])
+    masks = [torch.zeros(numel, dtype=torch.bool, device=base.device) for _ in tuned]
+    for lo, hi in spans:
+        base32 = base[lo:hi].to(torch.float32)
+        taus = [t[lo:hi].to(torch.float32) - base32 for t in tuned]
+        for mask, part in zip(masks, task_masks(inputs.recipe, taus, inputs.densities, inputs.block_size, seeds)):
+            mask[lo:hi] = part
+    return masks
+
+
 def prune_tensor(inputs: TensorInputs, device: torch.device) -> PrunedTensor:
-    """The compact form of one tensor: masks from ``kernels.task_masks`` exactly as the
-    merge computes them (flattened, float32 task vectors, ``tensor_seed`` per model)."""
+    """The compact form of one tensor, from the masks of ``model_masks``."""
     base = inputs.base.reshape(-1).to(device)
     tuned = [t.reshape(-1).to(device) for t in inputs.tuned]
-    base32 = base.to(torch.float32)
-    taus = [t.to(torch.float32) - base32 for t in tuned]
-    seeds = [tensor_seed(inputs.seed, inputs.name, i) for i in range(len(tuned))]
-    masks = task_masks(inputs.recipe, taus, inputs.densities, inputs.block_size, seeds)
-    del taus
-    negative_zero = (base32 == 0) & torch.signbit(base32)
+    masks = model_masks(inputs, base, tuned)
+    negative_zero = (base == 0) & torch.signbit(base)
     in_support = negative_zero.clone()
     for mask in masks:
         in_support |= mask
     index_dtype = torch.int32 if base.numel() < 2**31 else torch.int64
-    support = in_support.nonzero().squeeze(1)
-    position_in_support = torch.cumsum(in_support, 0, dtype=torch.int64) - 1
+    support = in_support.nonzero().squeeze(1).to(index_dtype)
+    position_in_support = torch.cumsum(in_support, 0, dtype=index_dtype).sub_(1)
     models = []
     for mask, values in zip(masks, tuned):
         stored = mask | negative_zero
         local = position_in_support[stored]
         kept = mask[stored]
         starts = torch.searchsorted(local, torch.arange(0, max(support.numel(), 1), SUPPORT_CHUNK,
-                                                        device=device))
+                                                        dtype=local.dtype, device=device))
         models.append(StoredModel(local.to(torch.int32), values[stored],
                                   None if bool(kept.all()) else kept,
                                   tuple(int(s) for s in starts.tolist())))
@@ -126,7 +141,7 @@ def prune_tensor(inputs: TensorInputs, device: torch.device) -> PrunedTensor:
         name=inputs.name, shape=tuple(inputs.base.shape), input_dtype=base.dtype,
         written_dtype=inputs.written_dtype, recipe=inputs.recipe,
         densities=tuple(inputs.densities), lam=inputs.lam, normalize=inputs.normalize,
-        support=support.to(index_dtype), base_values=base[support], models=tuple(models),
+        support=support, base_values=base[support], models=tuple(models),
     )
 
 
