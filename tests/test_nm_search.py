@@ -41,7 +41,7 @@ def search_winners(keys, block_size, quota, tail_quota, guess):
     length = keys.size
     n_blocks = -(-length // block_size)
     keys16 = (keys >> 16).astype(np.uint16)
-    search = np.zeros((4, n_blocks), np.int64)
+    search = np.zeros((compiled.SEARCH_ROWS, n_blocks), np.int64)
     lows = np.zeros(block_size, np.uint16)
     cuts = np.zeros((2, n_blocks), np.int64)
     compiled._tile_cuts(keys, keys16, block_size, length, quota, tail_quota,

@@ -1,6 +1,7 @@
 """Kernel microbenchmark on one 4096 x 14336 bf16 tensor (a 7B MLP matrix), in-process.
 
     python -m benchmarks.speed.kernels [--threads 2] [--rows 4096] [--repeats 5] [--device cpu|cuda]
+                                       [--inputs gaussian|finetune] [--out PATH]
 
 Times the torch masks (n:m, 3-task conflict-aware n:m, magnitude, DARE) on float32 task
 vectors and whole fused merges of base + bf16 fine-tunes (``merge_tensor``, chunked as
@@ -9,6 +10,9 @@ DARE, on the default path (the compiled kernels unless ``MERGEKIT_CABS_TORCH_KER
 the torch path. Each row reports the best and median time, ns per element and per element and
 task, GB/s of bytes moved (inputs read + outputs written, one pass), and the time relative to an
 fp32 copy measured in the same run: the memory-bandwidth reference.
+``--inputs finetune`` draws the tensor as ``benchmarks.speed.run`` draws its model families
+(Laplace deltas rounded into bf16: ~40% exact zeros, ``|tau|`` on a few ulp multiples, exact
+ties at most n:m thresholds) instead of the default Gaussian deltas.
 Writes JSON (and the same table as markdown next to it).
 """
 
@@ -34,6 +38,8 @@ from mergekit_cabs.kernels import (
     random_mask,
 )
 from mergekit_cabs.methods import CHUNK_ELEMENTS, METHODS_BY_NAME
+
+from .run import base_tensor, finetuned_tensor
 
 COLUMNS = 14336
 DENSITY, BLOCK_SIZE, TASKS = 0.25, 64, 3
@@ -71,6 +77,19 @@ def synthetic_inputs(rows: int, device: str):
     base = base.to(device)
     taus = [t.float() - base.float() for t in tuned]
     return base, tuned, taus
+
+
+def finetune_inputs(rows: int, device: str):
+    """(base, fine-tunes, float32 task vectors) drawn as the whole-merge benchmark draws its
+    model families (``run.finetuned_tensor``)."""
+    generator = torch.Generator().manual_seed(0)
+    base = base_tensor((rows, COLUMNS), generator)
+    tuned = [finetuned_tensor(base, generator).to(device) for _ in range(TASKS)]
+    base = base.to(device)
+    return base, tuned, [t.float() - base.float() for t in tuned]
+
+
+INPUTS = {"gaussian": synthetic_inputs, "finetune": finetune_inputs}
 
 
 def timings(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
@@ -154,7 +173,8 @@ def kernel_targets(rows: dict, shape: tuple[int, int], threads: int, device: str
 
 
 def markdown(result: dict) -> str:
-    lines = [f"One {result['shape'][0]}x{result['shape'][1]} tensor, {result['device']}, {result['threads']} threads, "
+    lines = [f"One {result['shape'][0]}x{result['shape'][1]} tensor ({result['inputs']} inputs), {result['device']}, "
+             f"{result['threads']} threads, "
              f"density {DENSITY}, block {BLOCK_SIZE}; {result['cpu']}; torch {result['torch']}. "
              "GB/s counts inputs read + outputs written once.", "",
              "| kernel | best s | median s | ns/element | ns/element/task | GB/s | x fp32 copy |",
@@ -181,14 +201,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=4096, help="rows of the 14336-column tensor")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--inputs", choices=sorted(INPUTS), default="gaussian")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels.json")
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
-    base, tuned, taus = synthetic_inputs(args.rows, args.device)
+    base, tuned, taus = INPUTS[args.inputs](args.rows, args.device)
     shape = (args.rows, COLUMNS)
     rows = measure_all(cases(base, tuned, taus, args.device), base.numel(), args.repeats, args.device)
-    result = {"shape": list(shape), "threads": args.threads, "device": args.device,
+    result = {"shape": list(shape), "inputs": args.inputs, "threads": args.threads, "device": args.device,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "cpu": cpu_model(), "torch": torch.__version__, "density": DENSITY, "block_size": BLOCK_SIZE,
               "repeats": args.repeats, "rows": rows, "targets": kernel_targets(rows, shape, args.threads, args.device)}

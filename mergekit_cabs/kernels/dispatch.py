@@ -84,19 +84,22 @@ def checked_merge(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tens
     masks of ``recipe``, into a tensor of ``base``'s dtype, device and shape, and say
     whether it is finite (the compiled kernels test the values as they write them).
 
-    n:m blocks are independent, so the flattened tensor is processed ``args.chunk_blocks``
-    full blocks at a time (then the tail) with a result identical to one pass. The
-    magnitude and random sparsifiers rank the whole tensor: the compiled kernel takes it
-    in one call, the torch path in passes over chunks of ``chunk_blocks * block_size``
-    elements (``per_tensor.per_tensor_merge``), again with an identical result.
+    n:m blocks are independent, so the torch path processes the flattened tensor
+    ``args.chunk_blocks`` full blocks at a time (then the tail), bounding its float32
+    temporaries, with a result identical to one pass; the compiled kernels hold only a
+    tile per thread and take the whole tensor in one call. The magnitude and random
+    sparsifiers rank the whole tensor: the torch path in passes over chunks of
+    ``chunk_blocks * block_size`` elements (``per_tensor.per_tensor_merge``), again with an
+    identical result.
     """
     check_model_counts(recipe, tuned, args)
     path = merge_path(recipe, base, tuned, args.compiled)
     flat_base = base.reshape(-1)
     flat_tuned = [t.reshape(-1) for t in tuned]
     out = torch.empty(flat_base.shape, dtype=base.dtype, device=base.device)
+    chunked = recipe.sparsifier is Sparsifier.NM and path is torch_path
     spans = (nm_chunk_spans(flat_base.numel(), args.block_size, args.chunk_blocks)
-             if recipe.sparsifier is Sparsifier.NM else [(0, flat_base.numel())])
+             if chunked else [(0, flat_base.numel())])
     finite = True
     for lo, hi in spans:
         finite = path.merge_chunk(recipe, flat_base[lo:hi], [t[lo:hi] for t in flat_tuned],
