@@ -24,10 +24,12 @@ for NaN and inf: the merge's finiteness check costs no pass of its own.
   ties, lowest index first, come from a bit mask per 64 keys. Blocks are independent, so
   threads split them without changing a bit.
 * Per tensor, magnitude and random (``_tensor_merge``, one block spanning the tensor): each
-  task's threshold by a parallel 16 + 16 bit radix selection, the lowest-index-first rule by a
+  task's threshold by a parallel 16 + 16 bit radix selection whose low digits come from the
+  keys gathered, in the pass that counts the high digits, inside a window predicted from a
+  sample (a second pass only where the window missed), the lowest-index-first rule by a
   prefix sum of per-group tie counts. Keys and random draws are recomputed in every pass
-  rather than stored; the only tensor-sized buffers are the output and one bit per task and
-  element (the masks).
+  rather than stored; the only tensor-sized buffers are the output, one bit per task and
+  element (the masks) and the gathered candidates (at most 1/16 of the keys).
 
 Tensors reach the kernels as raw addresses, so one compiled specialisation serves every
 dtype and every number of tasks (a tuple of arrays would compile again for each ``k``); the
