@@ -30,6 +30,7 @@ from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Combine, Recipe, keep_count
 from mergekit_cabs.methods import METHOD_TABLE, METHODS_BY_NAME, MethodInfo, strategy_for
 from mergekit_cabs.papers import CABS_PAPER, DARE_PAPER, TIES_PAPER, Paper
+from mergekit_cabs.provenance import read_search_record
 
 __all__ = ["CABS_PAPER", "DARE_PAPER", "TIES_PAPER", "Paper", "papers_for", "extend_card",
            "procedure_paragraph", "disjointness_sentence", "card_with_our_sections"]
@@ -155,8 +156,27 @@ def _order_sentence(recipe: Recipe, clauses: Sequence[str], densities: Sequence[
     return text + disjointness_sentence(recipe, densities, block_size, records)
 
 
-def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any) -> str:
-    scale = "wᵢ / densityᵢ" if strategy_for(recipe.sparsifier).rescales else "wᵢ"
+def _scale_term(recipe: Recipe, rescale: Any) -> str:
+    """The factor of model i's pruned task vector: ``wᵢ``, DARE's ``wᵢ / densityᵢ``, or the
+    norm rescale's ``wᵢ · cᵢ``."""
+    if rescale not in (None, "none"):
+        return "wᵢ · cᵢ"
+    return "wᵢ / densityᵢ" if strategy_for(recipe.sparsifier).rescales else "wᵢ"
+
+
+def rescale_sentence(rescale: Any) -> str:
+    """What ``rescale: l1``/``l2`` did (empty without it)."""
+    if rescale in (None, "none"):
+        return ""
+    if rescale is VARIES:
+        return " The norm rescale (`rescale`) was set for some tensors only."
+    p = {"l1": "1", "l2": "2"}[rescale]
+    return (f" With `rescale: {rescale}`, cᵢ = ‖τᵢ‖_{p} / ‖Mᵢ ⊙ τᵢ‖_{p} per tensor: each pruned task vector "
+            f"was scaled to carry the L{p} norm of its dense task vector (1 where nothing was kept).")
+
+
+def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any, rescale: Any = None) -> str:
+    scale = _scale_term(recipe, rescale)
     if recipe.combine is Combine.TIES:
         text = (f"The pruned task vectors, each multiplied by {scale}, were combined "
                 f"TIES-style ([{TIES_PAPER.label}]({TIES_PAPER.url})): at each position the "
@@ -171,11 +191,12 @@ def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any) -> str:
         text += f" and divided by {divisor} (`normalize: true`)"
     else:
         text += " without normalization"
-    return text + f"; the result was scaled by λ = {_number(lam)} and added to the base model."
+    return (text + f"; the result was scaled by λ = {_number(lam)} and added to the base model."
+            + rescale_sentence(rescale))
 
 
-def _formula(recipe: Recipe) -> str:
-    term = "wᵢ / dᵢ · (Mᵢ ⊙ τᵢ)" if strategy_for(recipe.sparsifier).rescales else "wᵢ · (Mᵢ ⊙ τᵢ)"
+def _formula(recipe: Recipe, rescale: Any = None) -> str:
+    term = _scale_term(recipe, rescale).replace("densityᵢ", "dᵢ") + " · (Mᵢ ⊙ τᵢ)"
     combined = f"TIES({{{term}}})" if recipe.combine is Combine.TIES else f"Σᵢ {term}"
     return f"`θ = θ_base + λ · {combined}`, with τᵢ = θᵢ − θ_base and Mᵢ the mask of model i."
 
@@ -241,8 +262,8 @@ def procedure_paragraph(info: MethodInfo, config: Any,
         body = (opening + ("conflict-aware in the order the models are listed"
                            if recipe.conflict_aware else "independently for each model")
                 + "; the weights and densities are set per slice (see the configuration below).")
-    combine = _combine_sentence(recipe, shared["lambda"], shared["normalize"])
-    return f"{body} {combine}\n\n{_formula(recipe)}"
+    combine = _combine_sentence(recipe, shared["lambda"], shared["normalize"], shared.get("rescale"))
+    return f"{body} {combine}\n\n{_formula(recipe, shared.get('rescale'))}"
 
 
 def method_paragraph(info: MethodInfo) -> str:
@@ -261,10 +282,40 @@ def citation_section(papers: Sequence[Paper]) -> str:
             f"please cite:\n\n```bibtex\n{entries}\n```\n")
 
 
+SEARCH_LOSS_WORDS = {
+    "nll": "mean next-token cross-entropy (nats per predicted token)",
+    "error": "calibration error (the mean over texts of 1 − the mean probability of its predicted tokens)",
+}
+
+
+def search_paragraph(record: Optional[Mapping[str, Any]]) -> str:
+    """How ``mergekit-cabs search`` found the weights, from the record its ``merge.yml``
+    carries (``provenance``); empty for a config the search did not write."""
+    if not record:
+        return ""
+    try:
+        tasks = "; ".join(
+            f"`{t['data']}`" + (f" ({t['texts']} texts, {t['predicted_tokens']} predicted tokens)" if "texts" in t else "")
+            + f": {t['start_loss']:.4g} → {t['best_loss']:.4g}" for t in record["tasks"])
+        stages = ("a shared factor 2^k for every weight, then CMA-ES" if record.get("shared_stage")
+                  else "CMA-ES") + (" on log2 of the weights" if record.get("log_scale") else "")
+        return (f"The weights were found by `mergekit-cabs search` (mergekit-cabs {record['version']}): "
+                f"{record['evaluated']} evaluations of {stages} within [{record['bounds'][0]:g}, "
+                f"{record['bounds'][1]:g}], from the start weights {record['start_weights']}, minimising the "
+                f"`{record['fitness']}` fitness (α = {record['alpha']:g}, β = {record['beta']:g}) of each task's "
+                f"{SEARCH_LOSS_WORDS.get(record.get('loss'), 'loss')} on its calibration data (start → found): "
+                f"{tasks}.")
+    except (KeyError, TypeError, ValueError):
+        LOG.warning("mergekit_cabs: the config's mergekit-cabs-search record is incomplete; the model "
+                    "card does not say how the weights were found.")
+        return ""
+
+
 def extend_card(card: str, info: MethodInfo, config: Any,
                 records: Sequence[merge_log.TensorRecord] = (),
-                slice_sources: Optional[SliceSources] = None) -> str:
-    """MergeKit's card plus our tags (in its front matter), paragraphs and citation."""
+                slice_sources: Optional[SliceSources] = None, config_yaml: Optional[str] = None) -> str:
+    """MergeKit's card plus our tags (in its front matter), paragraphs (with how a search
+    found the weights, where ``config_yaml`` carries its record) and citation."""
     model_card = ModelCard(card)
     if not model_card.data.to_dict():
         LOG.warning("mergekit_cabs: MergeKit's model card has no YAML front matter; "
@@ -273,7 +324,8 @@ def extend_card(card: str, info: MethodInfo, config: Any,
     tags = list(model_card.data.tags or [])
     model_card.data.tags = tags + [t for t in CARD_TAGS if t not in tags]
     procedure = procedure_paragraph(info, config, records, slice_sources)
-    details = f"{method_paragraph(info)}\n\n{procedure}\n\n"
+    searched = search_paragraph(read_search_record(config_yaml))
+    details = f"{method_paragraph(info)}\n\n{procedure}\n\n" + (f"{searched}\n\n" if searched else "")
     body = model_card.text
     if _MODELS_HEADING in body:
         body = body.replace(_MODELS_HEADING, details + _MODELS_HEADING, 1)
@@ -333,7 +385,7 @@ def card_with_our_sections(generate_card: Callable, card_module: Any,
         with _hub_lookups_tolerated(card_module):
             card = generate_card(config, config_yaml, name)
         records = merged_tensor_records(info, config, slice_sources)
-        return extend_card(card, info, config, records, slice_sources)
+        return extend_card(card, info, config, records, slice_sources, config_yaml)
 
     wrapper.__mergekit_cabs__ = True
     return wrapper

@@ -77,6 +77,32 @@ def inspect_command(config_path: str, out_dir: str, random_seed: int | None, dev
         click.echo("figures: " + ", ".join(str(f) for f in figures))
 
 
+# Search options whose None is a setting of its own, not "use the default".
+NULLABLE = ("alpha", "beta", "sigma", "population", "patience", "dtype", "random_seed")
+
+
+def search_settings(options: dict):
+    """``SearchSettings`` of the CLI's options; with ``--paper``, the paper's settings for every
+    option not given on the command line."""
+    from click.core import ParameterSource
+
+    from mergekit_cabs.search import PAPER_SEARCH, SearchSettings
+
+    paper = options.pop("paper")
+    context = click.get_current_context()
+    given = {k for k in options if context.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    values = {k: v for k, v in options.items() if v is not None or k in NULLABLE}
+    if paper:
+        values.update({k: v for k, v in PAPER_SEARCH.items() if k not in given})
+    return SearchSettings(**values)
+
+
+def search_loss(loss: str, paper: bool) -> str:
+    """``--loss`` as given, else the paper's (``nll``) with ``--paper``."""
+    source = click.get_current_context().get_parameter_source("loss")
+    return "nll" if paper and source is click.core.ParameterSource.DEFAULT else loss
+
+
 @main.command("search")
 @click.argument("config_path", type=click.Path(dir_okay=False))
 @click.option("--data", "data", multiple=True, required=True,
@@ -85,12 +111,26 @@ def inspect_command(config_path: str, out_dir: str, random_seed: int | None, dev
 @click.option("--out", "out_dir", default="search-output", show_default=True,
               help="Folder for merge.yml, search.json and search.png.")
 @click.option("--evaluations", type=int, default=100, show_default=True, help="Evaluations, the start included.")
-@click.option("--bounds", type=(float, float), default=(0.1, 2.0), show_default=True, help="LO HI of every weight.")
-@click.option("--alpha", type=float, default=100.0, show_default=True, help="Fitness factor of a loss increase.")
-@click.option("--beta", type=float, default=1.0, show_default=True, help="Fitness factor of a loss decrease.")
+@click.option("--bounds", type=(float, float), default=None,
+              help="LO HI of every weight [default: 0.0625 16; the CABS+ paper's: 0.1 2].")
+@click.option("--fitness", default=None,
+              help="absolute (default): the change of the summed loss; cabs-plus: the paper's relative "
+                   "changes, a rise weighed 100 times a fall.")
+@click.option("--alpha", type=float, default=None, help="Fitness factor of a loss increase [default: the fitness's].")
+@click.option("--beta", type=float, default=None, help="Fitness factor of a loss decrease [default: the fitness's].")
+@click.option("--shared-stage/--no-shared-stage", default=True, show_default=True,
+              help="First try one factor 2^k for every weight (about 7 evaluations).")
+@click.option("--log-scale/--linear-scale", default=True, show_default=True,
+              help="CMA-ES on log2 of the weights (a step multiplies a weight), or on the weights.")
+@click.option("--paper", is_flag=True,
+              help="The CABS+ paper's search: --fitness cabs-plus --no-shared-stage --linear-scale --bounds 0.1 2 "
+                   "--loss nll (options given too override these).")
 @click.option("--seed", type=int, default=0, show_default=True, help="CMA-ES seed.")
-@click.option("--sigma", type=float, default=None, help="CMA-ES step size [default: (HI - LO) / 4].")
+@click.option("--sigma", type=float, default=None,
+              help="CMA-ES step size [default: 0.5 on the log scale, else (HI - LO) / 4].")
 @click.option("--population", type=int, default=None, help="CMA-ES population [default: 4 + 3 ln d].")
+@click.option("--loss", default="error", show_default=True,
+              help="A task's loss: error (1 - mean token probability per text, bounded) or nll (mean cross-entropy).")
 @click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per text (truncated).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Texts per forward pass.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
@@ -107,13 +147,15 @@ def inspect_command(config_path: str, out_dir: str, random_seed: int | None, dev
               help="Share of each task's texts in the first stage.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_command(config_path: str, data: tuple, out_dir: str, quiet: bool, max_length: int,
-                   batch_size: int, first_stage_fraction: float, **options) -> None:
+                   batch_size: int, first_stage_fraction: float, loss: str, **options) -> None:
     """Find the per-model weights of a config by CMA-ES (CABS+ adaptive weight allocation)."""
     from mergekit_cabs.search import SearchInputError, SearchSettings, search_causal_lm
 
     try:
-        result = search_causal_lm(config_path, list(data), out_dir, SearchSettings(**options),
-                                  max_length=max_length, batch_size=batch_size,
+        loss = search_loss(loss, options["paper"])
+        settings = search_settings(options)
+        result = search_causal_lm(config_path, list(data), out_dir, settings,
+                                  max_length=max_length, batch_size=batch_size, loss=loss,
                                   first_stage_fraction=first_stage_fraction, progress=not quiet)
     except SearchInputError as error:
         raise click.ClickException(str(error)) from None
@@ -124,7 +166,7 @@ def search_command(config_path: str, data: tuple, out_dir: str, quiet: bool, max
     if pressed:
         names = ", ".join(f"{h['model']}{'/' + h['group'] if h['group'] else ''} at the {h['bound']} bound "
                           f"{h['weight']:.3g}" for h in pressed)
-        lo, hi = options["bounds"]
+        lo, hi = settings.bounds
         click.echo(f"note: {names}; the best weights may lie beyond --bounds {lo:g} {hi:g}: widen them "
                    "and search again.")
     merge = f"mergekit-yaml {Path(out_dir) / 'merge.yml'} MERGED"

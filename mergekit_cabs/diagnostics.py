@@ -37,7 +37,7 @@ import torch
 
 from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Recipe, Sparsifier, magnitude_mask, task_masks, tensor_seed
-from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo, parameter_specs
+from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo, parameter_specs, rescale_norm
 
 # Mask kinds: the configured method's, plain magnitude at the same densities, and (for
 # conflict-aware methods) each task's own mask with CA switched off.
@@ -192,6 +192,7 @@ class TensorJob:
     lam: float = 1.0
     normalize: bool = False
     out_dtype: Optional[str] = None  # what MergeKit casts the result to before saving
+    rescale: Optional[str] = None  # the norm rescale (kernels.MergeArgs.rescale)
 
 
 class MaskStatistics:
@@ -351,6 +352,7 @@ def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
             lam=shared.get("lambda", 1.0),
             normalize=shared.get("normalize", False),
             out_dtype=save.dtype,
+            rescale=rescale_norm(shared.get("rescale", "none")),
         ))
     return jobs
 

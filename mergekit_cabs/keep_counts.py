@@ -72,3 +72,37 @@ def disjoint_block_size(densities: Sequence[float], block_size: int, *,
     else:
         candidates = iter(range(block_size, limit + 1))
     return next((m for m in candidates if counts_fit(densities, m)), None)
+
+
+# A conflict-aware model whose free positions are fewer than this many times its keep
+# count is "starved": the causal-LM benchmark (docs/quality.md) measured the harm where
+# four models at 0.25 leave the last exactly its quota (ratio 1), and none at 4 x 0.175
+# (ratio 2.7) or 4 x 0.10 (ratio 7).
+STARVED_FREE_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class Starved:
+    """A model that conflict-aware pruning leaves few free positions: its index in merge
+    order, the share of each block free when its turn comes, and its own keep share."""
+
+    index: int
+    free_share: float
+    keep_share: float
+
+
+def starved_models(densities: Sequence[float], block_size: Optional[int]) -> list[Starved]:
+    """Models whose free share of a block (``m - sum_{i<j} n_i`` over ``m``; with no
+    ``block_size``, ``1 - sum_{i<j} d_i``) is below ``STARVED_FREE_RATIO`` times their keep
+    share, in merge order. A model with density 0 keeps nothing and is never starved."""
+    if block_size:
+        shares = [keep_count(d, block_size) / block_size for d in densities]
+    else:
+        shares = list(densities)
+    found, taken = [], 0.0
+    for index, share in enumerate(shares):
+        free = max(0.0, 1.0 - taken)
+        if share > 0 and free < STARVED_FREE_RATIO * share:
+            found.append(Starved(index, free, share))
+        taken += share
+    return found

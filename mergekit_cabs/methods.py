@@ -32,10 +32,12 @@ from mergekit_cabs.validation import (
     check_density,
     check_finite,
     check_keep_counts,
+    check_rescale_name,
     check_setting_keys,
     check_tensors_finite,
     parameter_error,
     warn_if_counts_overlap,
+    warn_if_starved,
 )
 
 __all__ = ["CABS_URL", "METHOD_TABLE", "METHODS_BY_NAME", "MethodInfo", "Parameter",
@@ -48,6 +50,7 @@ CHUNK_ELEMENTS = 1 << 22
 Density = Annotated[float, AfterValidator(check_density)]
 BlockSize = Annotated[int, AfterValidator(check_block_size)]
 Finite = Annotated[float, AfterValidator(check_finite)]
+RescaleName = Annotated[str, AfterValidator(check_rescale_name)]
 
 REQUIRED = object()
 
@@ -87,6 +90,9 @@ NORMALIZE = Parameter("normalize", bool, per_model=False, default=False,
                       description="divide by the sum of the (agreeing, for TIES) weights")
 BLOCK_SIZE = Parameter("block_size", BlockSize, per_model=False, default=32,
                        description="m of n:m; n = round(density * m)")
+RESCALE = Parameter("rescale", RescaleName, per_model=False, default="none",
+                    description="none; or l1 / l2: scale each pruned task vector, per tensor, to "
+                                "its dense task vector's norm (replaces DARE's 1/density)")
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,7 @@ class MethodInfo:
 
     @property
     def parameters(self) -> tuple[Parameter, ...]:
-        return (WEIGHT, DENSITY, LAMBDA, NORMALIZE) + self.sparsifier.extra_parameters
+        return (WEIGHT, DENSITY, LAMBDA, NORMALIZE, RESCALE) + self.sparsifier.extra_parameters
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -240,12 +246,17 @@ def validated(info: MethodInfo, tensor_name: str, raw: Mapping[str, Any], model:
 
 def check_planned(info: MethodInfo, tensor_name: str, models: Sequence[Any],
                   densities: Sequence[float], shared: Mapping[str, Any]) -> None:
-    """Checks that span parameters, on one tensor's resolved values: n:m keep counts."""
+    """Checks that span parameters, on one tensor's resolved values: n:m keep counts, and
+    conflict-aware pruning that starves a model (``warn_if_starved``; not for DARE, whose
+    leftovers are a random draw, not the weakest entries)."""
+    block_size = shared.get("block_size") if info.sparsifier.has_blocks else None
+    if info.conflict_aware and info.sparsifier.kernel is not Sparsifier.RANDOM:
+        warn_if_starved(info.name, tensor_name, models, densities, block_size)
     if not info.sparsifier.has_blocks:
         return
-    check_keep_counts(info.name, tensor_name, models, densities, shared["block_size"])
+    check_keep_counts(info.name, tensor_name, models, densities, block_size)
     if info.conflict_aware:
-        warn_if_counts_overlap(info.name, tensor_name, models, densities, shared["block_size"])
+        warn_if_counts_overlap(info.name, tensor_name, models, densities, block_size)
 
 
 # ---- the one call into the kernels ----
@@ -291,11 +302,17 @@ def merge_group_tensor(info: MethodInfo, inputs: GroupInputs, seed: int) -> torc
             normalize=inputs.shared["normalize"],
             seeds=tuple(tensor_seed(seed, name, i) for i in range(len(models))),
             chunk_blocks=max(1, CHUNK_ELEMENTS // block_size),
+            rescale=rescale_norm(inputs.shared.get("rescale", "none")),
         ),
     )
     if not finite:
         refuse_nonfinite_merge(info, inputs, merged)
     return merged
+
+
+def rescale_norm(setting: str) -> Optional[str]:
+    """The kernels' ``MergeArgs.rescale`` of a ``rescale`` setting: None for ``none``."""
+    return None if setting == "none" else setting
 
 
 def refuse_nonfinite_merge(info: MethodInfo, inputs: GroupInputs, merged: torch.Tensor) -> None:

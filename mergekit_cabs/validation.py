@@ -14,7 +14,7 @@ from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from mergekit_cabs.kernels import keep_count
+from mergekit_cabs.kernels import RESCALE_NORMS, keep_count
 
 # Parameters of the authors' MergeKit pull request and of MergeKit's own methods, which
 # users carry over; MergeKit would drop them silently.
@@ -24,7 +24,6 @@ FOREIGN_PARAMETER_HINTS = {
     "n_val": "use density and block_size (n = round(density * block_size))",
     "m_val": "use block_size for m (n = round(density * block_size))",
     "pruning_order": "the conflict-aware order is the order of `models:`; reorder that list",
-    "rescale": "only the DARE variants rescale, always by 1/density",
 }
 
 # Options of MergeKit's own methods that change nothing but memory use there: a config
@@ -46,6 +45,15 @@ def check_density(value: float) -> float:
         raise ValueError(
             f"density must be the kept fraction, a number in [0, 1]; got {value!r}"
         )
+    return value
+
+
+RESCALE_SETTINGS = ("none", *RESCALE_NORMS)
+
+
+def check_rescale_name(value: str) -> str:
+    if value not in RESCALE_SETTINGS:
+        raise ValueError(f"rescale must be one of {', '.join(RESCALE_SETTINGS)}; got {value!r}")
     return value
 
 
@@ -252,3 +260,26 @@ def parameter_error(method: str, parameter: str, model: Any, tensor_name: str,
         f"{method}: invalid `{parameter}` for {owner} (tensor "
         f"{tensor_name}): {_validation_message(error)}."
     )
+
+
+def warn_if_starved(method: str, tensor: str, models: Sequence[Any], densities: Sequence[float],
+                    block_size: Optional[int]) -> None:
+    """Conflict-aware pruning that leaves a model fewer free positions than
+    ``STARVED_FREE_RATIO`` times its keep count: say so once per merge, naming the model,
+    its free share and the fixes. Its mask then holds what earlier models passed over."""
+    from mergekit_cabs.keep_counts import STARVED_FREE_RATIO, starved_models
+
+    starved = starved_models(densities, block_size)
+    key = ("starved", method, tuple(map(str, models)), tuple(densities), block_size)
+    if not starved or key in _noticed:
+        return
+    _noticed.add(key)
+    where = "each block" if block_size else "each tensor"
+    named = "; ".join(f"{models[s.index]} (model {s.index + 1} of {len(models)}) finds {s.free_share:.0%} of "
+                      f"{where} free for its {s.keep_share:.0%}" for s in starved)
+    LOG.warning(
+        "%s: conflict-aware pruning leaves %s, less than %g times its keep share, so its mask "
+        "takes mostly what earlier models passed over (densities %s sum to %g). Lower the "
+        "densities, list that model earlier, or use the method without conflict-aware "
+        "pruning (e.g. nm_linear for cabs).",
+        method, named, STARVED_FREE_RATIO, list(densities), sum(densities))

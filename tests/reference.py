@@ -82,9 +82,17 @@ def election_total(taus, scale, ms, j):
     return float(total)
 
 
+def norm_factor(tau, mask, p):
+    """``(sum |tau|^p / sum |mask * tau|^p)^(1/p)``, correctly rounded sums; 1 where nothing is kept."""
+    dense = math.fsum(abs(v) ** p for v in tau)
+    kept = math.fsum(abs(v) ** p for v, keep in zip(tau, mask) if keep)
+    return (dense / kept) ** (1 / p) if kept > 0 else 1.0
+
+
 def merge(base, tuned, weights, densities, *, sparsifier, conflict_aware, combine,
-          block_size=None, lam=1.0, normalize=False, scores=None):
-    """Reference merged tensor (float32) for one tensor."""
+          block_size=None, lam=1.0, normalize=False, scores=None, rescale=None):
+    """Reference merged tensor (float32) for one tensor; ``rescale`` ``"l1"``/``"l2"``
+    scales each model by ``norm_factor`` instead of DARE's ``1/density``."""
     shape = base.shape
     b = base.float().reshape(-1).tolist()
     taus = [[x - y for x, y in zip(t.float().reshape(-1).tolist(), b)] for t in tuned]
@@ -92,7 +100,11 @@ def merge(base, tuned, weights, densities, *, sparsifier, conflict_aware, combin
     numel = len(b)
     m = block_size if sparsifier == "n:m" else numel
     ms = masks(taus, densities, m, scores, conflict_aware)
-    scale = [w / d if sparsifier == "random" and d > 0 else w for w, d in zip(weights, densities)]
+    if rescale is None:
+        scale = [w / d if sparsifier == "random" and d > 0 else w for w, d in zip(weights, densities)]
+    else:
+        p = {"l1": 1, "l2": 2}[rescale]
+        scale = [w * norm_factor(tau, mask, p) for w, tau, mask in zip(weights, taus, ms)]
     d = [[tau[j] * s if ms[i][j] else 0.0 for j in range(numel)]
          for i, (tau, s) in enumerate(zip(taus, scale))]
     merged = []

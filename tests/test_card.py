@@ -191,3 +191,33 @@ def test_every_method_has_a_card_paragraph():
         text = ModelCard(card_in_process(config)).text
         assert f"`{info.name}` ({info.pretty_name}, the row \"{info.paper_row}\"" in text
         assert "scaled by λ = 1" in text
+
+
+def test_the_norm_rescale_is_stated_with_its_factor_and_norm():
+    config = config_dict("cabs", "/m/base", ["/m/a", "/m/b"], {"block_size": 16, "rescale": "l1"})
+    card = ModelCard(card_in_process(config))
+    assert "multiplied by wᵢ · cᵢ" in card.text and "Σᵢ wᵢ · cᵢ · (Mᵢ ⊙ τᵢ)" in card.text
+    assert "cᵢ = ‖τᵢ‖_1 / ‖Mᵢ ⊙ τᵢ‖_1 per tensor" in card.text
+    plain = ModelCard(card_in_process(config_dict("cabs", "/m/base", ["/m/a", "/m/b"], {"block_size": 16})))
+    assert "cᵢ" not in plain.text
+
+
+def test_a_config_written_by_search_gets_a_card_saying_how_its_weights_were_found():
+    from mergekit_cabs.provenance import search_comment
+
+    record = {"version": "0.1.0", "evaluated": 100, "fitness": "absolute", "alpha": 1.0, "beta": 1.0,
+              "evaluations": 100, "shared_stage": True, "log_scale": True, "bounds": [0.0625, 16.0],
+              "layer_groups": False, "loss": "error", "start_weights": {"/m/a": 1.0, "/m/b": 1.0},
+              "tasks": [{"data": "a.jsonl", "texts": 32, "predicted_tokens": 64, "start_loss": 0.5, "best_loss": 0.25},
+                        {"data": "b.jsonl", "texts": 32, "predicted_tokens": 70, "start_loss": 0.4, "best_loss": 0.375}]}
+    config = config_dict("cabs", "/m/base", ["/m/a", "/m/b"], {"block_size": 16})
+    text = search_comment(record) + yaml.safe_dump(config, sort_keys=False)
+    import mergekit.merge
+
+    register_all()
+    card = ModelCard(mergekit.merge.generate_card(config=MergeConfiguration.model_validate(config),
+                                                  config_yaml=text, name="merged")).text
+    assert "The weights were found by `mergekit-cabs search` (mergekit-cabs 0.1.0): 100 evaluations" in card
+    assert "`absolute` fitness (α = 1, β = 1)" in card and "calibration error" in card
+    assert "`a.jsonl` (32 texts, 64 predicted tokens): 0.5 → 0.25" in card
+    assert "found by `mergekit-cabs search`" not in ModelCard(card_in_process(config)).text

@@ -191,3 +191,16 @@ def test_bad_input_fails_clearly_on_this_host(case_id, tiny_family, odd_models, 
     assert code != 0
     assert message in error, error[-2000:]
     assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("density, warned", [(0.3, True), (0.1, False)])
+def test_planning_warns_when_conflict_aware_pruning_starves_a_model(host_family, tmp_path, caplog, density,
+                                                                    warned):
+    base, models = host_family
+    write_config(tmp_path / "c.yml", "cabs", base, models, [{"density": density}] * 3, {"block_size": 16})
+    code, error = run_host_yaml_in_process(tmp_path / "c.yml", tmp_path / "out")
+    assert code == 0, error[-2000:]
+    # 5:16 each: the third model finds 6 of 16 positions free, less than twice its 5.
+    message = f"{models[2]} (model 3 of 3) finds 38% of each block free for its 31%"
+    assert (message in caplog.text) is warned
+    assert ("list that model earlier, or use the method without conflict-aware pruning" in caplog.text) is warned

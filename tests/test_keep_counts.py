@@ -98,3 +98,20 @@ def test_inspect_states_overlap_by_counts():
     fits = {"tensors": 1, "keep_counts": keep_count_summary(
         CABS, [("w", tensor_keep_counts(CABS, [0.25, 0.25], 32, 2048))])}
     assert "disjoint" in keep_count_sentence(fits) and fits["keep_counts"]["disjoint"]
+
+
+def test_four_models_at_025_starve_the_last_one_and_at_010_none():
+    from mergekit_cabs.keep_counts import Starved, starved_models
+
+    # 64:256 each: the last model finds 64 of 256 positions free, exactly its quota.
+    assert starved_models([0.25] * 4, 256) == [Starved(3, 0.25, 0.25)]
+    assert starved_models([0.10] * 4, 256) == []
+    # 45:256 each (0.175): the last finds 121 free, 2.7 times its quota.
+    assert starved_models([0.175] * 4, 256) == []
+
+
+def test_per_tensor_starvation_uses_the_densities_and_density_zero_is_never_starved():
+    from mergekit_cabs.keep_counts import starved_models
+
+    assert [s.index for s in starved_models([0.5, 0.3, 0.0], None)] == [1]
+    assert starved_models([0.5, 0.3], None)[0].free_share == 0.5

@@ -286,3 +286,45 @@ def test_random_scores_are_roughly_uniform_and_unrelated_across_seeds():
     assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.01
     counts = torch.histc(a, bins=10, min=0, max=1)
     assert (counts - 20_000).abs().max() < 600  # ~4.5 sigma of a binomial count
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=recipe_id)
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_the_norm_rescale_equals_the_reference(recipe, norm):
+    g = torch.Generator().manual_seed(20)
+    base = torch.randn(6, 22, generator=g)
+    tuned = [base + tau for tau in task_vectors(3, (6, 22), seed=21)]
+    weights, densities, seeds = [1.0, 1.3, 0.8], [0.25, 0.4, 0.5], [7, 8, 9]
+    scores = None
+    if recipe.sparsifier is Sparsifier.RANDOM:
+        scores = [random_scores(base.shape, s, base.device).reshape(-1).tolist() for s in seeds]
+    got = merge_tensor(recipe, base, tuned, MergeArgs(weights, densities, block_size=8, lam=0.7, seeds=seeds,
+                                                      rescale=norm))
+    want = reference.merge(base, tuned, weights, densities, sparsifier=recipe.sparsifier.value,
+                           conflict_aware=recipe.conflict_aware, combine=recipe.combine.value,
+                           block_size=8, lam=0.7, scores=scores, rescale=norm)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm, p", [("l1", 1), ("l2", 2)])
+def test_at_weight_one_the_norm_rescale_gives_each_pruned_task_vector_its_dense_norm(norm, p):
+    recipe = Recipe(Sparsifier.NM, True, Combine.SUM)
+    g = torch.Generator().manual_seed(22)
+    base = torch.randn(40, 64, generator=g)
+    tuned = [base + tau for tau in task_vectors(3, (40, 64), seed=23)]
+    for i in range(3):  # one model at a time, the others at weight 0, so the merge is c_i M_i tau_i
+        weights = [1.0 if j == i else 0.0 for j in range(3)]
+        merged = merge_tensor(recipe, base, tuned, MergeArgs(weights, [0.3, 0.3, 0.3], block_size=16, rescale=norm))
+        kept, dense = merged - base, tuned[i] - base
+        assert float(kept.norm(p)) == pytest.approx(float(dense.norm(p)), rel=1e-5)
+        assert 0 < int((kept != 0).sum()) < int((dense != 0).sum())
+
+
+def test_a_model_whose_mask_keeps_nothing_gets_a_norm_factor_of_one():
+    from mergekit_cabs.kernels import with_norm_factors
+
+    base = torch.zeros(64)
+    tuned = [base + 1.0, base.clone()]  # the second task vector is all zeros: nothing is kept
+    args = with_norm_factors(Recipe(Sparsifier.NM, False, Combine.SUM), base, tuned,
+                             MergeArgs([1.0, 1.0], [0.25, 0.25], block_size=16, rescale="l1"))
+    assert args.norm_factors == (4.0, 1.0)

@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from mergekit_cabs.search import SearchInputError, SearchSettings, fitness, search_causal_lm, search_weights
+from mergekit_cabs.search import DEFAULT_FITNESS, SearchInputError, SearchSettings, fitness, search_causal_lm, search_weights
 from mergekit_cabs.kernels import task_masks, tensor_seed
 from mergekit_cabs.methods import METHODS_BY_NAME
+from mergekit_cabs.kernels import rescale
 from mergekit_cabs.search import host, pruned
 from mergekit_cabs.search.calibration import CausalLMLoss, CalibrationTask, load_base_tokenizer, read_task
 from mergekit_cabs.search.model import CandidateModel
@@ -43,15 +44,37 @@ def task_losses(family, tasks):
 
 
 def quick(**overrides):
-    return SearchSettings(**{"evaluations": 13, "population": 4, **overrides})
+    return SearchSettings(**{"evaluations": 13, "population": 4, "shared_stage": False, **overrides})
 
 
-def test_fitness_matches_a_hand_computed_case():
+def test_the_paper_fitness_matches_a_hand_computed_case():
     # Delta = (1.1 - 1)/1 = 0.1 > 0 -> 100 * 0.1 = 10; (1.5 - 2)/2 = -0.25 -> 1 * -0.25.
     assert fitness([1.1, 1.5], [1.0, 2.0], alpha=100, beta=1) == pytest.approx(10 - 0.25, abs=1e-12)
     assert fitness([0.5], [1.0], alpha=100, beta=3) == pytest.approx(-1.5, abs=1e-12)
     assert fitness([1.0, 2.0], [1.0, 2.0], alpha=100, beta=1) == 0.0
     assert fitness([math.nan, 1.0], [1.0, 1.0], alpha=100, beta=1) == math.inf
+
+
+def test_the_absolute_fitness_matches_a_hand_computed_case():
+    # d = 1.1 - 1 = 0.1 > 0 -> 3 * 0.1 = 0.3; 1.5 - 2 = -0.5 -> 2 * -0.5 = -1.
+    assert fitness([1.1, 1.5], [1.0, 2.0], alpha=3, beta=2, name="absolute") == pytest.approx(0.3 - 1.0, abs=1e-12)
+    assert fitness([1.0, 2.0], [1.0, 2.0], alpha=1, beta=1, name="absolute") == 0.0
+    assert fitness([1.0, math.inf], [1.0, 1.0], alpha=1, beta=1, name="absolute") == math.inf
+
+
+def test_a_near_solved_task_freezes_the_paper_fitness_but_not_the_absolute_fitness():
+    # The causal-LM benchmark's case: last_digit 0.0012 -> 0.0077 nats (+550 %) while the
+    # other three tasks fall by 3-21 %. The paper's fitness rejects the candidate.
+    start, candidate = [0.0012, 0.8, 0.5, 1.2], [0.0077, 0.776, 0.45, 0.948]
+    assert fitness(candidate, start, alpha=100, beta=1, name="cabs-plus") > 500
+    assert fitness(candidate, start, alpha=1, beta=1, name="absolute") == pytest.approx(0.0065 - 0.024 - 0.05 - 0.252)
+
+
+def test_each_fitness_has_its_own_default_factors_and_settings_can_override_them():
+    assert SearchSettings(fitness="cabs-plus").fitness_factors() == (100.0, 1.0)
+    assert SearchSettings(fitness="absolute").fitness_factors() == (1.0, 1.0)
+    assert SearchSettings(fitness="absolute", alpha=4.0).fitness_factors() == (4.0, 1.0)
+    assert SearchSettings().fitness == DEFAULT_FITNESS
 
 
 def test_the_same_seed_gives_the_same_evaluations(family, task_losses, tmp_path):
@@ -61,13 +84,51 @@ def test_the_same_seed_gives_the_same_evaluations(family, task_losses, tmp_path)
     assert [r.weights for r in runs[0].evaluations] != [r.weights for r in runs[2].evaluations]
 
 
-def test_every_evaluated_weight_lies_within_the_bounds(family, task_losses, tmp_path):
+@pytest.mark.parametrize("log_scale", [True, False], ids=["log", "linear"])
+def test_every_evaluated_weight_lies_within_the_bounds(family, task_losses, tmp_path, log_scale):
     config = write_search_config(tmp_path / "c.yml", "cabs", *family, weights=[0.7, 0.7])
-    result = search_weights(config, task_losses, quick(bounds=(0.6, 0.8), sigma=5.0), progress=False)
+    result = search_weights(config, task_losses, quick(bounds=(0.6, 0.8), sigma=5.0, log_scale=log_scale,
+                                                       shared_stage=True), progress=False)
     weights = [w for r in result.evaluations for w in r.weights]
     assert len(weights) == 2 * len(result.evaluations) > 2
     assert all(0.6 <= w <= 0.8 for w in weights)
     assert result.start.weights == (0.7, 0.7) and result.start.fitness == 0.0
+
+
+def test_the_shared_stage_scales_every_weight_by_one_power_of_two_and_refines_by_half_a_power(
+        family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family, weights=[1.0, 0.5])
+    result = search_weights(config, task_losses, quick(evaluations=40, shared_stage=True), progress=False)
+    shared = [r for r in result.evaluations if r.stage == "shared"]
+    factors = sorted(math.log2(r.weights[0]) for r in shared)
+    assert all(r.weights[1] == pytest.approx(r.weights[0] / 2) for r in shared)
+    whole = [k for k in factors if k == round(k)]
+    assert {-1.0, 1.0, 2.0} <= set(whole) and whole == list(range(int(whole[0]), int(whole[-1]) + 1))
+    best = min([result.start] + shared, key=lambda r: (r.fitness, abs(math.log2(r.weights[0]))))
+    k = math.log2(best.weights[0])
+    assert k not in (min(whole + [0.0]), max(whole + [0.0])) or k in (-4.0, 4.0)  # interior or at a bound
+    assert sorted(f for f in factors if f != round(f)) == [k - 0.5, k + 0.5]
+    stages = [r.stage for r in result.evaluations]
+    assert stages.index("main") > max(i for i, st in enumerate(stages) if st == "shared")
+
+
+def test_the_shared_stage_widens_toward_a_best_factor_at_its_edge(family, tmp_path):
+    # A loss that falls as the weights grow: the stage widens upward to the bound 16 = 2^4.
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+
+    def shrinking(model):
+        return 1.0 / (1.0 + sum(float(p.abs().sum()) for p in model.parameters()) * 1e-3)
+
+    result = search_weights(config, [shrinking], quick(evaluations=30, shared_stage=True), progress=False)
+    factors = sorted(math.log2(r.weights[0]) for r in result.evaluations if r.stage == "shared")
+    assert factors[-1] == 4.0 and 3.5 in factors and 4.5 not in factors
+
+
+def test_the_log_scale_moves_every_weight_by_factors_around_the_start(family, task_losses, tmp_path):
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family, weights=[4.0, 4.0])
+    result = search_weights(config, task_losses, quick(evaluations=21, sigma=0.25), progress=False)
+    main = [w for r in result.evaluations if r.stage == "main" for w in r.weights]
+    assert main and all(1.0 < w < 16.0 for w in main)  # within 8 sigma of log2(4) = 2
 
 
 @pytest.mark.parametrize("method, density, shared, seed", [
@@ -77,6 +138,9 @@ def test_every_evaluated_weight_lies_within_the_bounds(family, task_losses, tmp_
     ("magnitude_linear", 0.3, {"normalize": True}, None),
     ("ca_ties", 0.6, None, None),
     ("ca_dare_ties", 0.5, None, 1234),
+    ("cabs", 0.3, {"rescale": "l1", "block_size": 16}, None),
+    ("ca_magnitude_linear", 0.3, {"rescale": "l2", "normalize": True}, None),
+    ("ca_dare_linear", 0.4, {"rescale": "l1"}, 99),
 ])
 def test_an_assembled_candidate_is_bit_for_bit_the_mergekit_merge(family, tmp_path, method, density, shared, seed):
     config = write_search_config(tmp_path / "c.yml", method, *family, density=density, shared=shared)
@@ -97,11 +161,17 @@ def test_masks_pruned_span_by_span_are_the_whole_tensors_masks(monkeypatch, meth
     tuned = tuple((base.float() + 0.1 * torch.randn(1000)).bfloat16() for _ in range(3))
     recipe = METHODS_BY_NAME[method].recipe
     inputs = pruned.TensorInputs("w", base, tuned, torch.bfloat16, recipe, (0.3, 0.2, 0.25), 16, 1.0, False, 0)
-    monkeypatch.setattr(pruned, "SUPPORT_CHUNK", 40)  # spans of 2 blocks
-    got = pruned.model_masks(inputs, base, list(tuned))
+    monkeypatch.setattr(rescale, "NORM_SPAN", 40)  # spans of 2 blocks
+    got, sums = pruned.model_masks(inputs, base, list(tuned))
     taus = [t.float() - base.float() for t in tuned]  # the reference: the whole tensor at once
     want = task_masks(recipe, taus, (0.3, 0.2, 0.25), 16, [tensor_seed(0, "w", i) for i in range(3)])
     assert all(torch.equal(a, b) for a, b in zip(got, want)) and all(m.any() for m in got)
+    for i, (tau, mask) in enumerate(zip(taus, want)):
+        tau = tau.double()
+        assert sums.dense[1][i] == pytest.approx(float(tau.abs().sum()), rel=1e-12)
+        assert sums.kept[1][i] == pytest.approx(float((tau * mask).abs().sum()), rel=1e-12)
+        assert sums.dense[2][i] == pytest.approx(float(tau.square().sum()), rel=1e-12)
+        assert sums.kept[2][i] == pytest.approx(float((tau * mask).square().sum()), rel=1e-12)
 
 
 @pytest.mark.parametrize("method", ["cabs", "cabs_ties"])
@@ -212,6 +282,69 @@ def test_a_prompt_completion_line_counts_only_the_completion_tokens(family, tmp_
     assert task.subset(0.5).starts == (task.starts[0], task.starts[2])
 
 
+def chat_like_task(tokenizer, tmp_path, lines=7):
+    """Prompt-completion lines that share a 12-token prefix, as chat-formatted prompts do."""
+    prefix = " ".join(f"w{i}" for i in range(3, 15))
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{prefix} w{20 + i} w{30 + (i * 7) % 20}" + " w40" * (i % 3),
+                                        "completion": f"w{50 + i % 5} w2"}) + "\n" for i in range(lines)))
+    return read_task(str(path), tokenizer, 64)
+
+
+def slow_text_nlls(model, task):
+    """The reference: each whole text alone through the model, its predicted tokens' NLL."""
+    out = []
+    with torch.no_grad():
+        for ids, start in zip(task.token_ids, task.starts):
+            logits = model(torch.tensor([ids])).logits[0]
+            out.append(float(torch.nn.functional.cross_entropy(logits[start - 1:-1], torch.tensor(ids[start:]),
+                                                               reduction="sum")))
+    return out
+
+
+def test_a_shared_prompt_prefix_runs_once_and_gives_every_texts_loss(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_cabs.search.forward import TextNLL
+
+    model = AutoModelForCausalLM.from_pretrained(family[0], dtype=torch.float32).eval()
+    task = chat_like_task(load_base_tokenizer(family[0]), tmp_path)
+    nll = TextNLL(task.token_ids, task.starts, 3, torch.device("cpu"))
+    assert nll.prefix == 12 and nll(model) == pytest.approx(slow_text_nlls(model, task), rel=1e-5)
+    assert nll.fast and nll.keep_logits  # both shortcuts checked and kept
+    assert [len(b.input_ids[0]) for b in nll.prefixed] < [len(b.input_ids[0]) for b in nll.plain]
+
+
+def test_a_model_whose_cache_fails_falls_back_to_whole_texts(family, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_cabs.search import forward
+
+    model = AutoModelForCausalLM.from_pretrained(family[0], dtype=torch.float32).eval()
+    task = chat_like_task(load_base_tokenizer(family[0]), tmp_path)
+    plain_logits = forward.batch_logits
+
+    def broken(model, batch, prefix_ids, keep_logits):
+        if prefix_ids is not None:
+            raise AttributeError("no batch_repeat_interleave")
+        return plain_logits(model, batch, prefix_ids, keep_logits)
+
+    monkeypatch.setattr(forward, "batch_logits", broken)
+    nll = forward.TextNLL(task.token_ids, task.starts, 3, torch.device("cpu"))
+    assert nll(model) == pytest.approx(slow_text_nlls(model, task), rel=1e-5) and nll.fast is False
+
+
+def test_the_error_loss_is_one_minus_each_texts_mean_token_probability(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(family[0], dtype=torch.float32).eval()
+    task = chat_like_task(load_base_tokenizer(family[0]), tmp_path)
+    counts = [len(ids) - start for ids, start in zip(task.token_ids, task.starts)]
+    want = sum(1 - math.exp(-v / n) for v, n in zip(slow_text_nlls(model, task), counts)) / len(counts)
+    assert CausalLMLoss(task, 4, "cpu", kind="error")(model) == pytest.approx(want, rel=1e-5)
+    assert 0 < want < 1
+
+
 def test_a_first_stage_subset_spreads_over_the_file():
     task = CalibrationTask("t", tuple((i, i + 1) for i in range(10)))
     assert [ids[0] for ids in task.subset(0.4).token_ids] == [0, 2, 5, 7]
@@ -246,7 +379,10 @@ def test_the_cli_writes_merge_yml_with_the_best_weights_and_search_json(family, 
     weights = [m["parameters"]["weight"] for m in merged["models"]]
     assert weights == list(result.best.weights) == list(record["best"]["weights"].values())
     assert record["best"]["losses"] == list(result.best.losses) and len(record["best"]["losses"]) == 2
-    assert record["bounds"] == [0.1, 2.0] and record["start"]["fitness"] == 0.0
+    assert record["bounds"] == [1 / 16, 16.0] and record["start"]["fitness"] == 0.0
+    assert set(record["kept_shares"]) == set(result.models)
+    assert all(0 < v["l1"] < 1 and 0 < v["energy"] < 1 for v in record["kept_shares"].values())
+    assert [c["texts"] for c in record["calibration"]] == [10, 10]
     assert record["best_at_bounds"] == result.best_at_bounds()
     assert len(record["evaluations"]) == len(result.evaluations) and record["versions"]["cmaes"]
     assert record["best"]["fitness"] == min(e["fitness"] for e in record["evaluations"] if e["stage"] != "first")
@@ -260,6 +396,10 @@ def test_weights_within_one_percent_of_the_box_width_from_an_edge_are_named_with
     hits = weights_at_bounds(scales, [1.985, 1.0, 0.118, 0.12], (0.1, 2.0))
     assert hits == [{"model": "a", "group": None, "weight": 1.985, "bound": "upper"},
                     {"model": "c", "group": "mlp", "weight": 0.118, "bound": "lower"}]
+    # On the log scale the margin is 1 % of log2(16) - log2(1/16) = 8 powers of two.
+    log_hits = weights_at_bounds(scales[:2], [15.2, 1 / 15.0], (1 / 16, 16.0), log_scale=True)
+    assert [h["bound"] for h in log_hits] == ["upper", "lower"]
+    assert weights_at_bounds(scales[:1], [14.0], (1 / 16, 16.0), log_scale=True) == []
 
 
 def test_the_cli_says_which_weight_ended_at_a_bound_and_how_to_widen_it(monkeypatch, tmp_path):
@@ -277,7 +417,7 @@ def test_the_cli_says_which_weight_ended_at_a_bound_and_how_to_widen_it(monkeypa
     monkeypatch.setattr(search_package, "search_causal_lm", lambda *a, **k: result)
     run = CliRunner().invoke(main, ["search", str(tmp_path / "c.yml"), "--data", "t.jsonl", "--quiet"])
     assert run.exit_code == 0, run.output
-    assert "m1 at the upper bound 2; the best weights may lie beyond --bounds 0.1 2: widen them" in run.output
+    assert "m1 at the upper bound 2; the best weights may lie beyond --bounds 0.0625 16: widen them" in run.output
 
 
 # ---- bad input fails before the search starts ----
@@ -378,3 +518,37 @@ def test_an_out_folder_with_a_foreign_merge_yml_is_refused_and_left_alone(family
     with pytest.raises(SearchInputError, match="no search wrote"):
         cli_search(config, tasks, out)
     assert (out / "merge.yml").read_text() == "mine\n"
+
+
+def test_merge_yml_opens_with_the_search_record_that_the_card_reads(family, tasks, tmp_path):
+    from mergekit_cabs.provenance import read_search_record
+
+    config = write_search_config(tmp_path / "c.yml", "cabs", *family)
+    search_causal_lm(config, tasks, tmp_path / "out", quick(), max_length=32, batch_size=4, progress=False)
+    text = (tmp_path / "out" / "merge.yml").read_text()
+    record = read_search_record(text)
+    assert text.startswith("# Weights found by `mergekit-cabs search`")
+    assert record["fitness"] == DEFAULT_FITNESS and record["loss"] == "error" and record["evaluated"] == 13
+    assert [t["texts"] for t in record["tasks"]] == [10, 10] and record["tasks"][0]["data"] == "a.jsonl"
+    assert yaml.safe_load(text)["merge_method"] == "cabs"  # the comment leaves the YAML as it was
+
+
+def test_the_cli_paper_flag_sets_the_papers_search_unless_an_option_is_given(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import mergekit_cabs.search as search_package
+    from mergekit_cabs.cli import main
+
+    seen = []
+
+    def record_settings(*args, **kwargs):
+        seen.append(args[3])
+        raise SearchInputError("stop here")
+
+    monkeypatch.setattr(search_package, "search_causal_lm", record_settings)
+    for extra in ([], ["--bounds", "0.5", "4"]):
+        run = CliRunner().invoke(main, ["search", str(tmp_path / "c.yml"), "--data", "t.jsonl", "--paper", *extra])
+        assert "stop here" in run.output
+    assert (seen[0].fitness, seen[0].shared_stage, seen[0].log_scale, seen[0].bounds) == ("cabs-plus", False, False,
+                                                                                          (0.1, 2.0))
+    assert seen[1].bounds == (0.5, 4.0) and seen[1].fitness == "cabs-plus"

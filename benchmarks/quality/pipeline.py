@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from mergekit_cabs.output_dir import owned_output_dir
-from mergekit_cabs.search import SearchResult, SearchSettings, search_weights, write_outputs
+from mergekit_cabs.search import PAPER_SEARCH, SearchResult, SearchSettings, search_weights, write_outputs
 
 from ..merge_outputs import remove_output
 from .merging import (
@@ -157,6 +157,10 @@ class SeedContext:
         """Scores besides task accuracy that every test row records (none for the encoder)."""
         return {}
 
+    def grid_point_extras(self, run: MethodRun, scale: float, state: dict) -> dict:
+        """``{scale: what else to record}`` of one validation-grid point (none for the encoder)."""
+        return {}
+
     def take(self, output: Path) -> dict:
         """The merged state in ``output`` (a folder ``merge`` returned, which its merge created
         fresh); the folder is deleted."""
@@ -254,11 +258,21 @@ def run_method(ctx: SeedContext, run: MethodRun, unit_merge: Path, settings: See
                individual: dict) -> dict:
     """Search the scale on validation from the merge at scale 1, score the chosen scale on test."""
     delta = merged_delta(ctx.take(unit_merge), ctx.base_state)
-    scale, curve = choose_scale(lambda s: ctx.validation_mean(scaled_state(ctx.base_state, delta, s)), settings)
+    extras: dict = {}
+
+    def score(s: float) -> float:
+        state = scaled_state(ctx.base_state, delta, s)
+        value = ctx.validation_mean(state)
+        extras.update(ctx.grid_point_extras(run, s, state))
+        return value
+
+    scale, curve = choose_scale(score, settings)
     rescaled = scaled_state(ctx.base_state, delta, scale)
     record = {"method": run.method, "density": run.density, "block_size": run.block_size,
               "options": dict(run.options), "scale_key": run.scale_key, "scale": scale,
               "val_curve": {f"{s:.6g}": v for s, v in sorted(curve.items())}}
+    if extras:
+        record["grid_extras"] = {f"{s:.6g}": v for s, v in sorted(extras.items())}
     if settings.verify(run):
         (output,) = ctx.merge({run.label: ctx.config(run, scale)}, batch=False).values()
         merged = ctx.take(output)
@@ -292,17 +306,25 @@ def search_row(ctx: SeedContext, run: MethodRun, search: Search, individual: dic
               "search": {"evaluations": len(result.evaluations), "wall_seconds": round(seconds, 1),
                          "start_fitness": result.start.fitness, "best_fitness": result.best.fitness,
                          "start_losses": list(result.start.losses), "best_losses": list(result.best.losses),
-                         **(info or {})},
+                         "best_index": result.best.index, "kept_shares": list(result.kept_shares.values()),
+                         "trace": search_trace(result), **(info or {})},
               "val_mean": ctx.validation_mean(state)}
     record.update(score_row(ctx.evaluate_state(state, "test"), individual))
     record.update(ctx.extra_test_scores(state))
     return record
 
 
+def search_trace(result: SearchResult) -> list[list]:
+    """Every evaluation as ``[stage, weights, losses, fitness]`` (6 significant digits)."""
+    return [[r.stage, [float(f"{w:.6g}") for w in r.weights], [float(f"{v:.6g}") for v in r.losses],
+             float(f"{r.fitness:.6g}") if math.isfinite(r.fitness) else None] for r in result.evaluations]
+
+
 # The search as the paper runs it, and the options beyond it (issue: kept only if they help).
 # The first stage runs on a quarter of each validation split, at a quarter of the cost.
 SEARCH_VARIANTS = {
     "search": {},
+    "search, cabs-plus": PAPER_SEARCH,
     "search, layer groups": {"layer_groups": True},
     "search, patience 2": {"patience": 2},
     "search, first stage": {"first_stage_evaluations": 17},

@@ -8,6 +8,8 @@ Modules, in the direction data flows (each imports only those before it):
   linear, ``masked_merge``), ``per_tensor`` (the chunked per-tensor merge), ``torch_path``
   (its ``merge_chunk``);
 - ``compiled``: the same ``merge_chunk`` in numba, with ``supports(recipe, base, tuned)``;
+- ``rescale``: the norm rescale's per-model factors (``rescale: l1`` / ``l2``), from the
+  torch path's masks;
 - ``dispatch``: ``checked_merge(recipe, base, tuned, args)`` (the tensor and whether it is
   finite) and ``merge_tensor`` (the tensor), which pick the path once and cut the tensor
   into chunks. ``compiled`` is imported on first use only.
@@ -36,6 +38,7 @@ from mergekit_cabs.kernels.masks import (
     top_k_rows,
 )
 from mergekit_cabs.kernels.per_tensor import per_tensor_merge
+from mergekit_cabs.kernels.rescale import RESCALE_NORMS, NormSums, norm_spans, stable_sum, with_norm_factors
 from mergekit_cabs.kernels.rules import (
     Combine,
     MergeArgs,
@@ -54,7 +57,8 @@ from mergekit_cabs.kernels.rules import (
 )
 
 __all__ = [
-    "TORCH_KERNELS_ENV", "Combine", "MergeArgs", "Merged", "Recipe", "Sparsifier", "block_top_mask",
+    "RESCALE_NORMS", "TORCH_KERNELS_ENV", "Combine", "MergeArgs", "Merged", "NormSums", "Recipe", "Sparsifier",
+    "block_top_mask", "norm_spans", "stable_sum", "with_norm_factors",
     "checked_merge",
     "compiled_module", "conflict_aware_masks", "keep_count", "linear_combine", "magnitude_mask",
     "masked_merge", "merge_scales", "merge_tensor", "mix32", "nm_chunk_spans", "nm_mask", "normalizer",

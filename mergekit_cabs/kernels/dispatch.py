@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from mergekit_cabs.kernels import torch_path
+from mergekit_cabs.kernels.rescale import with_norm_factors
 from mergekit_cabs.kernels.rules import MergeArgs, Recipe, Sparsifier
 
 # Set to 1 to run the torch path on CPU too (the reference; what runs without numba).
@@ -90,9 +91,11 @@ def checked_merge(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tens
     tile per thread and take the whole tensor in one call. The magnitude and random
     sparsifiers rank the whole tensor: the torch path in passes over chunks of
     ``chunk_blocks * block_size`` elements (``per_tensor.per_tensor_merge``), again with an
-    identical result.
+    identical result. With ``args.rescale`` the norm factors (``rescale.with_norm_factors``)
+    are computed first, in a pass of their own over the torch path's masks.
     """
     check_model_counts(recipe, tuned, args)
+    args = with_norm_factors(recipe, base, tuned, args)
     path = merge_path(recipe, base, tuned, args.compiled)
     flat_base = base.reshape(-1)
     flat_tuned = [t.reshape(-1) for t in tuned]

@@ -164,6 +164,15 @@ class PerTensorMerge:
             self.planes.record(task, lo, kept)
             ties_before += ties_here
 
+    def select_all(self) -> None:
+        """Record every task's mask, in task order (conflict-aware tasks see the earlier ones)."""
+        numel = self.base.numel()
+        keys = torch.empty(numel, dtype=torch.int32, device=self.base.device)
+        for task, density in enumerate(self.args.densities):
+            n = min(keep_count(density, max(numel, 1)), numel)
+            if n > 0:
+                self.select(task, n, keys)
+
     def merged(self, out: torch.Tensor) -> torch.Tensor:
         """The last pass: each chunk through ``masked_merge`` with the recorded masks, into ``out``."""
         for lo, hi in self.spans:
@@ -191,12 +200,6 @@ def per_tensor_merge(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.T
     size. On CUDA nothing leaves the device but a few scalars per task and, where ties
     compete, one count per chunk, read back in one transfer.
     """
-    numel = base.numel()
     merge = PerTensorMerge(recipe, base, tuned, args)
-    keys = torch.empty(numel, dtype=torch.int32, device=base.device)
-    for task, density in enumerate(args.densities):
-        n = min(keep_count(density, max(numel, 1)), numel)
-        if n > 0:
-            merge.select(task, n, keys)
-    del keys
+    merge.select_all()
     return merge.merged(torch.empty_like(base) if out is None else out)

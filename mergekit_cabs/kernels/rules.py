@@ -6,7 +6,8 @@ shape of ``tau_i``. The merge is
 
     theta = theta_base + lambda * combine_i( s_i * w_i * M_i * tau_i )
 
-with ``w_i`` the model's weight and ``s_i = 1 / density_i`` for DARE (else 1).
+with ``w_i`` the model's weight and ``s_i = 1 / density_i`` for DARE (else 1), or, with the
+norm rescale, ``s_i = c_i`` (``rescale``).
 
 Selection rule shared by every sparsifier. Each position gets a *score* (``|tau|`` for the
 magnitude and n:m sparsifiers, a seeded uniform draw for DARE). Scores are compared as the
@@ -150,8 +151,12 @@ def tensor_seed(seed: int, tensor_name: str, task_index: int) -> int:
     return zlib.crc32(f"{seed}:{tensor_name}:{task_index}".encode())
 
 
-def merge_scales(recipe: Recipe, weights: Sequence[float], densities: Sequence[float]) -> list[float]:
-    """``s_i * w_i``: the weight, times ``1 / density`` where the recipe rescales (DARE)."""
+def merge_scales(recipe: Recipe, weights: Sequence[float], densities: Sequence[float],
+                 norm_factors: Sequence[float] = ()) -> list[float]:
+    """``s_i * w_i``: the weight times the norm rescale's ``c_i`` where given (``rescale``),
+    else times ``1 / density`` where the recipe rescales (DARE)."""
+    if norm_factors:
+        return [w * c for w, c in zip(weights, norm_factors)]
     return [w / d if recipe.rescales and d > 0 else w for w, d in zip(weights, densities)]
 
 
@@ -172,7 +177,9 @@ class MergeArgs:
     one pass to that many n:m blocks (``None``: the whole tensor), with the same result.
     ``compiled`` picks the path: ``None`` the compiled kernels where they support the
     recipe and tensors, ``True`` the same but an error where numba is unavailable,
-    ``False`` the torch path. Sequences are stored as tuples, so an instance is hashable.
+    ``False`` the torch path. ``rescale`` (``"l1"``, ``"l2"`` or ``None``) asks for the norm
+    rescale (``rescale``), whose per-model factors ``norm_factors`` the dispatch computes
+    once per tensor. Sequences are stored as tuples, so an instance is hashable.
     """
 
     weights: tuple[float, ...]
@@ -183,13 +190,17 @@ class MergeArgs:
     seeds: tuple[int, ...] = ()
     chunk_blocks: Optional[int] = None
     compiled: Optional[bool] = None
+    rescale: Optional[str] = None
+    norm_factors: tuple[float, ...] = ()
 
     def __post_init__(self):
-        for name in ("weights", "densities", "seeds"):
+        for name in ("weights", "densities", "seeds", "norm_factors"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.weights) != len(self.densities):
             raise ValueError(f"one weight and one density per model: {len(self.weights)} weights "
                              f"for {len(self.densities)} densities")
+        if self.norm_factors and len(self.norm_factors) != len(self.weights):
+            raise ValueError(f"one norm factor per model: {len(self.norm_factors)} for {len(self.weights)} models")
 
     @property
     def chunk_elements(self) -> Optional[int]:
@@ -198,7 +209,7 @@ class MergeArgs:
 
     def scales(self, recipe: Recipe) -> list[float]:
         """``s_i * w_i`` of every model (``merge_scales``)."""
-        return merge_scales(recipe, self.weights, self.densities)
+        return merge_scales(recipe, self.weights, self.densities, self.norm_factors)
 
     def block_length(self, recipe: Recipe, numel: int) -> int:
         """The ``m`` a keep count refers to: ``block_size`` for n:m, else the whole tensor

@@ -8,9 +8,10 @@ model ``mergekit-yaml`` writes for those weights, and scored by ``fitness``.
 """
 
 from mergekit_cabs.search.api import SearchResult, search_causal_lm, search_weights, write_outputs
-from mergekit_cabs.search.engine import Evaluation, SearchSettings
-from mergekit_cabs.search.fitness import fitness, relative_changes
+from mergekit_cabs.search.engine import PAPER_SEARCH, Evaluation, SearchSettings
+from mergekit_cabs.search.fitness import DEFAULT_FITNESS, FITNESSES, fitness, absolute_changes, relative_changes
 from mergekit_cabs.search.host import LAYER_GROUPS, SearchInputError, group_of
 
-__all__ = ["Evaluation", "LAYER_GROUPS", "SearchInputError", "SearchResult", "SearchSettings", "fitness",
+__all__ = ["DEFAULT_FITNESS", "PAPER_SEARCH", "Evaluation", "FITNESSES", "LAYER_GROUPS", "SearchInputError", "SearchResult",
+           "SearchSettings", "fitness", "absolute_changes",
            "group_of", "relative_changes", "search_causal_lm", "search_weights", "write_outputs"]

@@ -10,6 +10,7 @@ did not write.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from mergekit_cabs.provenance import search_comment
 from mergekit_cabs.search import host
 from mergekit_cabs.search.engine import (
     Evaluation,
@@ -33,6 +35,7 @@ from mergekit_cabs.search.model import CandidateModel, ModelFactory
 OUTPUT_KIND = "mergekit-cabs search"
 OUTPUT_FILES = ("merge.yml", "search.json", "search.png")
 DEFAULT_SETTINGS = SearchSettings()
+DEFAULT_LOSS = "error"  # calibration.LOSS_KINDS
 
 
 @dataclass
@@ -46,11 +49,31 @@ class SearchResult:
     evaluations: list
     stopped: str
     settings: dict
-    merge_config: str  # DIR/merge.yml's text
     wall_seconds: float
     task_names: tuple[str, ...]
     compact_bytes: int
+    kept_shares: dict  # per model: kept shares of its task vector's L1 norm and energy
     candidate: Optional[CandidateModel] = None  # the resident model, left at the best weights
+    search: Optional[host.SearchConfig] = None
+    calibration: tuple = ()  # per task: {"texts": n, "predicted_tokens": n} (search_causal_lm)
+
+    @functools.cached_property
+    def merge_config(self) -> str:
+        """DIR/merge.yml's text: the record of how the weights were found (a comment), then
+        the config with the best weights, checked by letting MergeKit plan it."""
+        return search_comment(self.provenance()) + checked_merge_config(self.search, self.candidate, self)
+
+    def provenance(self) -> dict:
+        """What ``merge.yml``'s comment records for the model card (``provenance``)."""
+        tasks = [{"data": Path(name).name, "start_loss": start, "best_loss": best}
+                 for name, start, best in zip(self.task_names, self.start.losses, self.best.losses)]
+        for task, sizes in zip(tasks, self.calibration):
+            task.update(sizes)
+        keys = ("fitness", "alpha", "beta", "evaluations", "shared_stage", "log_scale", "bounds", "layer_groups",
+                "loss")
+        return {"version": package_versions()["mergekit-cabs"], "evaluated": len(self.evaluations),
+                "start_weights": self.weights_record(self.start.weights), "tasks": tasks,
+                **{k: self.settings.get(k) for k in keys}}
 
     def weights_record(self, vector: Sequence[float]) -> dict:
         """``{model: w}``, or ``{model: {group: w}}`` with layer groups."""
@@ -64,7 +87,8 @@ class SearchResult:
 
     def best_at_bounds(self) -> list[dict]:
         """The best weights that lie at an edge of the bounds (``engine.weights_at_bounds``)."""
-        return weights_at_bounds(self.scales, self.best.weights, self.settings["bounds"])
+        return weights_at_bounds(self.scales, self.best.weights, self.settings["bounds"],
+                                 log_scale=self.settings["log_scale"])
 
     def to_json(self) -> dict:
         def point(r: Evaluation) -> dict:
@@ -79,6 +103,7 @@ class SearchResult:
             "evaluations": [{**asdict(r), "fitness": r.fitness if math.isfinite(r.fitness) else None,
                              "weights": list(r.weights), "losses": list(r.losses)} for r in self.evaluations],
             "scales": [{"model": m, "group": g} for m, g in self.scales],
+            "kept_shares": self.kept_shares, "calibration": list(self.calibration),
             "settings": self.settings, "compact_task_vector_bytes": self.compact_bytes,
             "versions": package_versions(), "wall_seconds": round(self.wall_seconds, 3),
         }
@@ -112,12 +137,13 @@ def search_weights(config: Union[str, Path], losses: Sequence[Loss], settings: S
     history = evaluator.history
     best = best_evaluation(history)
     candidate.assemble(candidate.tensor_weights(scales, best.weights))
-    result = SearchResult(
-        str(config), search.info.name, search.models, scales, history[0], best, history, stopped,
-        settings_record(settings), "", time.perf_counter() - started,
-        tuple(task_names or (f"task {i + 1}" for i in range(len(losses)))), candidate.compact_bytes(), candidate)
-    result.merge_config = checked_merge_config(search, candidate, result)
-    return result
+    return SearchResult(
+        config=str(config), merge_method=search.info.name, models=search.models, scales=scales,
+        start=history[0], best=best, evaluations=history, stopped=stopped, settings=settings_record(settings),
+        wall_seconds=time.perf_counter() - started,
+        task_names=tuple(task_names or (f"task {i + 1}" for i in range(len(losses)))),
+        compact_bytes=candidate.compact_bytes(), kept_shares=candidate.kept_shares(), candidate=candidate,
+        search=search)
 
 
 def progress_bar(settings: SearchSettings, enabled: bool):
@@ -216,10 +242,11 @@ def write_figure(result: SearchResult, path: Path) -> Optional[Path]:
 
 def search_causal_lm(config: Union[str, Path], data: Sequence[str], out_dir: Union[str, Path],
                      settings: SearchSettings = DEFAULT_SETTINGS, *, max_length: int = 512,
-                     batch_size: int = 8, first_stage_fraction: float = 0.25, progress: bool = True) -> SearchResult:
-    """The CLI: every input checked first, then ``search_weights`` with the causal-LM loss of
-    each data file, then ``write_outputs``."""
-    from mergekit_cabs.search.calibration import CausalLMLoss, load_base_tokenizer, read_task
+                     batch_size: int = 8, first_stage_fraction: float = 0.25, loss: str = DEFAULT_LOSS,
+                     progress: bool = True) -> SearchResult:
+    """The CLI: every input checked first, then ``search_weights`` with the causal-LM loss
+    (``calibration.CausalLMLoss`` of kind ``loss``) of each data file, then ``write_outputs``."""
+    from mergekit_cabs.search.calibration import LOSS_KINDS, CausalLMLoss, load_base_tokenizer, read_task
 
     check_settings(settings)
     check_output_dir(out_dir)
@@ -227,15 +254,20 @@ def search_causal_lm(config: Union[str, Path], data: Sequence[str], out_dir: Uni
         raise host.SearchInputError("no --data file: pass one JSON-lines file per task.")
     if max_length < 2 or batch_size < 1 or not 0 < first_stage_fraction <= 1:
         raise host.SearchInputError("need --max-length >= 2, --batch-size >= 1 and 0 < --first-stage-fraction <= 1.")
+    if loss not in LOSS_KINDS:
+        raise host.SearchInputError(f"--loss {loss}: use one of {', '.join(LOSS_KINDS)}.")
     search = host.read_search_config(config)
     tokenizer = load_base_tokenizer(search.base_path)
     tasks = [read_task(path, tokenizer, max_length) for path in data]
-    losses = [CausalLMLoss(task, batch_size, settings.device) for task in tasks]
+    losses = [CausalLMLoss(task, batch_size, settings.device, loss) for task in tasks]
     first = None
     if settings.first_stage_evaluations:
-        first = [CausalLMLoss(task.subset(first_stage_fraction), batch_size, settings.device) for task in tasks]
+        first = [CausalLMLoss(task.subset(first_stage_fraction), batch_size, settings.device, loss) for task in tasks]
     result = search_weights(config, losses, settings, first_stage_losses=first, task_names=data, progress=progress)
-    result.settings.update(max_length=max_length, batch_size=batch_size,
-                           first_stage_fraction=first_stage_fraction if first else None)
+    result.settings.update(max_length=max_length, batch_size=batch_size, loss=loss,
+                           first_stage_fraction=first_stage_fraction if first else None,
+                           fast_forward=[bool(item.nll.fast) for item in losses])
+    result.calibration = tuple({"texts": len(loss.task.token_ids), "predicted_tokens": loss.predicted}
+                               for loss in losses)
     write_outputs(result, out_dir)
     return result

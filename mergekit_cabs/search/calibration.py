@@ -9,17 +9,21 @@ A task's file holds one JSON object per line (blank lines are skipped), either
   SFT loss on prompt-completion data counts: a chat prompt's system and user turns, the
   same under every candidate, would otherwise outweigh the answer).
 
-Each sequence is truncated to ``max_length`` tokens. The loss of a task is the mean
-next-token cross-entropy over every predicted token of all its texts:
-``L = sum_texts sum_{j=s}^{n-1} -log p(x_j | x_<j) / sum_texts (n - s)``, ``s`` = 1 for a
-text and the prompt's token count for a prompt-completion pair (not a mean of per-text
-means; a long text weighs more). Texts run in batches of ``batch_size``,
-longest first (fewer padded positions), right-padded, the padding masked out of attention;
-each text's sum is float32 cross-entropy of its float32 logits at its predicted positions,
-one text at a time (the float32 copy and log-softmax are one text's positions by the
-vocabulary, not the batch's: 16 x 128 x 152k logits are 1.2 GB per copy), and the sums are
-added in double precision. The same model, texts, batch size and thread count give the
-same bits.
+Each sequence is truncated to ``max_length`` tokens. A task's loss, from each text's summed
+next-token NLL ``nll_t = sum_{j=s}^{n-1} -log p(x_j | x_<j)`` over its ``n_t = n - s``
+predicted tokens (``s`` = 1 for a text, the prompt's token count for a prompt-completion
+pair; ``search.forward`` runs the passes), summed in double precision:
+
+- ``nll``: the mean cross-entropy over every predicted token of all texts,
+  ``sum_t nll_t / sum_t n_t`` (a long text weighs more);
+- ``error``: the mean over texts of ``1 - exp(-nll_t / n_t)``, one minus the text's mean
+  per-token probability (for a one-token answer, one minus its probability): in [0, 1], so
+  a confidently wrong answer costs at most 1. As a merge's weights grow, its answers get
+  right more often and more confident; the NLL of the answers it still gets wrong can then
+  outgrow the gain, so ``nll`` can rank weights against accuracy, where ``error`` follows it
+  (docs/quality.md).
+
+The same model, texts, batch size and thread count give the same bits.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from mergekit_cabs.search.forward import TextNLL
 from mergekit_cabs.search.host import SearchInputError
 
 
@@ -132,34 +137,24 @@ def read_task(path: str, tokenizer: Any, max_length: int) -> CalibrationTask:
     return CalibrationTask(str(path), tuple(token_ids), tuple(starts))
 
 
+LOSS_KINDS = ("nll", "error")
+
+
 class CausalLMLoss:
-    """``model -> L``: the mean next-token cross-entropy of a task (see the module docstring)."""
+    """``model -> L`` of a task's texts (see the module docstring), ``kind`` ``nll`` (the mean
+    next-token cross-entropy over every predicted token) or ``error`` (the mean over texts of
+    ``1 - exp(-nll_text / n_text)``)."""
 
-    def __init__(self, task: CalibrationTask, batch_size: int, device: str):
-        self.task = task
-        self.device = torch.device(device)
-        by_length = sorted(range(len(task.token_ids)), key=lambda i: -len(task.token_ids[i]))
-        self.batches = [self._batch([(task.token_ids[i], task.starts[i]) for i in by_length[lo:lo + batch_size]])
-                        for lo in range(0, len(by_length), batch_size)]
-        self.predicted = sum(len(ids) - start for ids, start in zip(task.token_ids, task.starts))
-
-    def _batch(self, texts: Sequence[tuple[tuple[int, ...], int]]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-        """Right-padded ids, their attention mask, and each row's (first predicted, length)."""
-        width = max(len(ids) for ids, _ in texts)
-        input_ids = torch.zeros((len(texts), width), dtype=torch.int64)
-        attention = torch.zeros((len(texts), width), dtype=torch.int64)
-        for row, (ids, _) in enumerate(texts):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
-            attention[row, :len(ids)] = 1
-        spans = tuple((start, len(ids)) for ids, start in texts)
-        return input_ids.to(self.device), attention.to(self.device), spans
+    def __init__(self, task: CalibrationTask, batch_size: int, device: str, kind: str = "nll"):
+        if kind not in LOSS_KINDS:
+            raise SearchInputError(f"--loss {kind}: use one of {', '.join(LOSS_KINDS)}.")
+        self.task, self.kind = task, kind
+        self.counts = [len(ids) - start for ids, start in zip(task.token_ids, task.starts)]
+        self.predicted = sum(self.counts)
+        self.nll = TextNLL(task.token_ids, task.starts, batch_size, torch.device(device))
 
     def __call__(self, model: torch.nn.Module) -> float:
-        total = 0.0
-        with torch.inference_mode():
-            for input_ids, attention, spans in self.batches:
-                logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
-                for row, (start, length) in enumerate(spans):
-                    total += float(torch.nn.functional.cross_entropy(
-                        logits[row, start - 1:length - 1].float(), input_ids[row, start:length], reduction="sum"))
-        return total / self.predicted
+        sums = self.nll(model)
+        if self.kind == "nll":
+            return math.fsum(sums) / self.predicted
+        return math.fsum(1.0 - math.exp(-total / count) for total, count in zip(sums, self.counts)) / len(sums)

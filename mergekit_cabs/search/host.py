@@ -181,9 +181,9 @@ def tensor_inputs(search: SearchConfig, job: Any, seed: int, results: dict
     for value in values[1:]:
         dtype = torch.promote_types(dtype, value.dtype)
     values = [v.to(dtype) for v in values]
-    return TensorInputs(job.name, values[0], tuple(values[1:]), out_dtype or dtype,
-                        search.info.recipe, tuple(job.densities), job.block_size or 1,
-                        float(job.lam), bool(job.normalize), seed)
+    return TensorInputs(name=job.name, base=values[0], tuned=tuple(values[1:]), written_dtype=out_dtype or dtype,
+                        recipe=search.info.recipe, densities=tuple(job.densities), block_size=job.block_size or 1,
+                        lam=float(job.lam), normalize=bool(job.normalize), seed=seed, rescale=job.rescale)
 
 
 WeightSetting = Union[float, Mapping[str, float]]  # one weight, or one per layer group

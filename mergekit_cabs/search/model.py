@@ -9,6 +9,7 @@ model (whose ``compute_dtype`` must hold that dtype exactly).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -153,6 +154,18 @@ class CandidateModel:
 
     def compact_bytes(self) -> int:
         return sum(p.nbytes() for p in self.pruned)
+
+    def kept_shares(self) -> dict:
+        """Per model, over every pruned tensor: the kept share of its task vector's L1 norm
+        (``sum |M tau| / sum |tau|``) and of its energy (``sum (M tau)^2 / sum tau^2``)."""
+        shares = {}
+        for i, model in enumerate(self.models):
+            shares[model] = {}
+            for key, p in (("l1", 1), ("energy", 2)):
+                dense = math.fsum(t.sums.dense[p][i] for t in self.pruned)
+                kept = math.fsum(t.sums.kept[p][i] for t in self.pruned)
+                shares[model][key] = kept / dense if dense else None
+        return shares
 
 
 def resolve_random_seed(search: host.SearchConfig, random_seed: Optional[int]) -> int:

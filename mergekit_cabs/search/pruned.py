@@ -34,7 +34,16 @@ from typing import Optional, Sequence
 
 import torch
 
-from mergekit_cabs.kernels import MergeArgs, Recipe, Sparsifier, masked_merge, nm_chunk_spans, task_masks, tensor_seed
+from mergekit_cabs.kernels import (
+    MergeArgs,
+    NormSums,
+    Recipe,
+    Sparsifier,
+    masked_merge,
+    norm_spans,
+    task_masks,
+    tensor_seed,
+)
 
 # Elements per pass: of ``support`` when a candidate is merged (its temporaries are (2k + 3)
 # float32 chunks of this size, whatever the tensor's size), and of an n:m tensor when it is
@@ -67,6 +76,8 @@ class PrunedTensor:
     support: torch.Tensor
     base_values: torch.Tensor
     models: tuple[StoredModel, ...]
+    sums: NormSums  # each model's dense and kept norm sums
+    rescale: Optional[str] = None  # the merge's norm rescale (kernels.MergeArgs.rescale)
 
     def chunks(self) -> list[tuple[int, int]]:
         size = self.support.numel()
@@ -94,32 +105,43 @@ class TensorInputs:
     lam: float
     normalize: bool
     seed: int  # the merge's random seed (DARE masks)
+    rescale: Optional[str] = None
 
 
-def model_masks(inputs: TensorInputs, base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def model_masks(inputs: TensorInputs, base: torch.Tensor, tuned: Sequence[torch.Tensor]
+                ) -> tuple[list[torch.Tensor], NormSums]:
     """Each model's bool mask of the flattened tensor, from ``kernels.task_masks`` exactly as
-    the merge computes them (float32 task vectors, ``tensor_seed`` per model). n:m masks are
-    decided block by block, so they are computed a span of whole blocks at a time, as the
-    merge merges (``nm_chunk_spans``): one span's float32 task vectors at once, not the
-    whole tensor's. The per-tensor sparsifiers rank the whole tensor in one pass."""
+    the merge computes them (float32 task vectors, ``tensor_seed`` per model), and the
+    models' norm sums, added over the spans the merge's norm rescale adds them over
+    (``kernels.norm_spans``), so their factors are the merge's bit for bit. n:m masks are
+    decided block by block, so they are computed one such span of whole blocks at a time:
+    one span's float32 task vectors at once, not the whole tensor's. The per-tensor
+    sparsifiers rank the whole tensor in one pass."""
     numel = base.numel()
     seeds = [tensor_seed(inputs.seed, inputs.name, i) for i in range(len(tuned))]
-    spans = (nm_chunk_spans(numel, inputs.block_size, max(1, SUPPORT_CHUNK // inputs.block_size))
-             if inputs.recipe.sparsifier is Sparsifier.NM else [(0, numel)])
+    nm = inputs.recipe.sparsifier is Sparsifier.NM
+    spans = norm_spans(inputs.recipe, numel, inputs.block_size)
     masks = [torch.zeros(numel, dtype=torch.bool, device=base.device) for _ in tuned]
+    if not nm:
+        whole = task_masks(inputs.recipe, [t.to(torch.float32) - base.to(torch.float32) for t in tuned],
+                           inputs.densities, inputs.block_size, seeds)
+        masks = [m.reshape(-1) for m in whole]
+    sums = NormSums(len(tuned))
     for lo, hi in spans:
         base32 = base[lo:hi].to(torch.float32)
         taus = [t[lo:hi].to(torch.float32) - base32 for t in tuned]
-        for mask, part in zip(masks, task_masks(inputs.recipe, taus, inputs.densities, inputs.block_size, seeds)):
-            mask[lo:hi] = part
-    return masks
+        if nm:
+            for mask, part in zip(masks, task_masks(inputs.recipe, taus, inputs.densities, inputs.block_size, seeds)):
+                mask[lo:hi] = part
+        sums.add_span(taus, [mask[lo:hi] for mask in masks])
+    return masks, sums
 
 
 def prune_tensor(inputs: TensorInputs, device: torch.device) -> PrunedTensor:
     """The compact form of one tensor, from the masks of ``model_masks``."""
     base = inputs.base.reshape(-1).to(device)
     tuned = [t.reshape(-1).to(device) for t in inputs.tuned]
-    masks = model_masks(inputs, base, tuned)
+    masks, sums = model_masks(inputs, base, tuned)
     negative_zero = (base == 0) & torch.signbit(base)
     in_support = negative_zero.clone()
     for mask in masks:
@@ -141,7 +163,7 @@ def prune_tensor(inputs: TensorInputs, device: torch.device) -> PrunedTensor:
         name=inputs.name, shape=tuple(inputs.base.shape), input_dtype=base.dtype,
         written_dtype=inputs.written_dtype, recipe=inputs.recipe,
         densities=tuple(inputs.densities), lam=inputs.lam, normalize=inputs.normalize,
-        support=support, base_values=base[support], models=tuple(models),
+        support=support, base_values=base[support], models=tuple(models), sums=sums, rescale=inputs.rescale,
     )
 
 
@@ -162,6 +184,8 @@ def merged_support(pruned: PrunedTensor, weights: Sequence[float], lo: int, hi: 
         mask[where] = True if stored.kept is None else stored.kept[start:end]
         taus.append(tau)
         masks.append(mask)
-    args = MergeArgs(tuple(weights), tuple(pruned.densities), lam=pruned.lam, normalize=pruned.normalize)
+    factors = pruned.sums.factors(pruned.rescale) if pruned.rescale else ()
+    args = MergeArgs(tuple(weights), tuple(pruned.densities), lam=pruned.lam, normalize=pruned.normalize,
+                     norm_factors=factors)
     merged = masked_merge(pruned.recipe, base32, taus, masks, args)
     return merged.to(pruned.input_dtype).to(pruned.written_dtype)

@@ -21,7 +21,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from mergekit_cabs.output_dir import owned_output_dir
-from mergekit_cabs.search import SearchSettings, search_causal_lm
+from mergekit_cabs.search import PAPER_SEARCH, SearchSettings, search_causal_lm
+from mergekit_cabs.search.api import DEFAULT_LOSS
 
 from ..merging import MethodRun, load_body_state, run_mergekit_yaml
 from ..pipeline import SeedContext, SeedSettings, inspect_runs, mean, run_methods, score_row, search_row
@@ -38,13 +39,15 @@ class LMSeedSettings:
     fine_tune: FineTuneSettings
     densities: tuple[float, ...]
     block_size: int
-    search: tuple[str, ...] = ()  # labels of the runs whose weights `mergekit-cabs search` finds
-    search_evaluations: int = 40
-    calibration_texts: int = 12  # per task, drawn from the train split
+    # (run label, variant of SEARCH_VARIANTS): runs whose weights `mergekit-cabs search` finds
+    search: tuple[tuple[str, str], ...] = ()
+    search_evaluations: Optional[int] = None  # None: the search's own default
+    calibration_texts: int = 32  # per task, drawn from the train split
     weight_one: tuple[str, ...] = ()  # labels also scored at weight 1 (what a user gets untuned)
     initial_exponents: tuple[int, ...] = (-1, 0, 1)
     verify: tuple[str, ...] = ()  # labels re-merged at their chosen weight by plain mergekit-yaml
     inspect: bool = True
+    proxy: tuple[str, ...] = ()  # labels whose validation-grid points also record the calibration loss
 
 
 @dataclass
@@ -52,6 +55,18 @@ class LMContext(SeedContext):
     """A seed's merges and scores on one resident causal LM (``body`` is the whole model)."""
 
     general: Sequence[Sequence[int]] = field(default_factory=list)
+    proxy_labels: tuple[str, ...] = ()
+    calibration_losses: Sequence[Callable] = ()  # the search's loss of each task's calibration file
+
+    def grid_point_extras(self, run: MethodRun, scale: float, state: dict) -> dict:
+        """At the grid points of ``proxy_labels``: each task's calibration answer loss, the
+        loss the search minimises (the model holds ``state``: ``validation_mean`` loaded it)."""
+        if run.label not in self.proxy_labels or not self.calibration_losses:
+            return {}
+        start = time.perf_counter()
+        losses = [float(loss(self.body)) for loss in self.calibration_losses]
+        self.timer.add("calibration_loss", start)
+        return {scale: {"calibration_losses": losses}}
 
     def load(self, state: dict) -> None:
         missing, unexpected = self.body.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
@@ -130,17 +145,25 @@ def descendant_scores(ctx: LMContext, tuned: Sequence[dict]) -> dict:
     return out
 
 
-# How a search row's calibration loss counts tokens: every token of the chat text (the
-# paper's "loss on calibration data" read literally), or the answer and end-of-turn tokens
-# only (prompt-completion lines, the tokens the fine-tunes were trained on).
-SEARCH_VARIANTS = {"search": False, "search, answer loss": True}
+# The search variants a row can use (SearchSettings overrides), every one on the same
+# prompt-completion calibration lines (the loss on the answer and end-of-turn tokens, what
+# the fine-tunes were trained on): the search's defaults, the CABS+ paper's search (its
+# fitness, box and CMA-ES on the weights, no shared stage), and each change alone.
+SEARCH_VARIANTS = {
+    "search": {},
+    "search, cabs-plus": {**PAPER_SEARCH, "loss": "nll"},
+    "search, cabs-plus fitness": {"fitness": "cabs-plus"},
+    "search, nll loss": {"loss": "nll"},
+    "search, no shared stage": {"shared_stage": False},
+}
+CALIBRATION_MAX_LENGTH, CALIBRATION_BATCH = 128, 16
 
 
 def calibration_files(ctx: LMContext, raw_tasks: Sequence[PromptTask], tokenizer, count: int, folder: Path,
-                      answer_only: bool = False) -> list[str]:
+                      answer_only: bool = True) -> list[str]:
     """Per task, ``count`` training prompts with their answers, as the search's JSON lines:
-    the chat-formatted turn and the answer, as the fine-tune saw them (seeded draw); as one
-    ``text``, or as ``prompt`` and ``completion`` with ``answer_only``."""
+    the chat-formatted turn and the answer, as the fine-tune saw them (seeded draw); as
+    ``prompt`` and ``completion`` (``answer_only``), else as one ``text``."""
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(ctx.seed)
     files = []
@@ -157,14 +180,27 @@ def calibration_files(ctx: LMContext, raw_tasks: Sequence[PromptTask], tokenizer
     return files
 
 
-def calibration_search(ctx: LMContext, data: Sequence[str], settings: LMSeedSettings):
-    """``mergekit-cabs search``'s own code on the calibration files (the causal-LM loss)."""
+def calibration_search(ctx: LMContext, data: Sequence[str], settings: LMSeedSettings, variant: str):
+    """``mergekit-cabs search``'s own code on the calibration files (the causal-LM loss),
+    with ``SEARCH_VARIANTS[variant]``'s settings."""
+    budget = {} if settings.search_evaluations is None else {"evaluations": settings.search_evaluations}
+    options = dict(SEARCH_VARIANTS[variant])
+    loss = options.pop("loss", DEFAULT_LOSS)
+    search_settings = SearchSettings(**{**budget, **options}, seed=ctx.seed, random_seed=ctx.seed)
+
     def search(config: Path, out: Path):
-        return search_causal_lm(config, data, out, SearchSettings(evaluations=settings.search_evaluations,
-                                                                  seed=ctx.seed, random_seed=ctx.seed),
-                                max_length=128, batch_size=16, progress=False)
+        return search_causal_lm(config, data, out, search_settings, max_length=CALIBRATION_MAX_LENGTH,
+                                batch_size=CALIBRATION_BATCH, loss=loss, progress=False)
 
     return search
+
+
+def calibration_losses(tokenizer, data: Sequence[str]) -> list:
+    """The default search's own loss (``CausalLMLoss``) of each calibration file, as it reads it."""
+    from mergekit_cabs.search.calibration import CausalLMLoss, read_task
+
+    return [CausalLMLoss(read_task(path, tokenizer, CALIBRATION_MAX_LENGTH), CALIBRATION_BATCH, "cpu", DEFAULT_LOSS)
+            for path in data]
 
 
 def weight_one_rows(ctx: LMContext, runs: Sequence[MethodRun], individual: dict) -> dict:
@@ -213,10 +249,14 @@ def seed_record(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir
                 runs: Sequence[MethodRun], log: Callable[[str], None]) -> dict:
     started = time.perf_counter()
     by_label = {r.label: r for r in runs}
-    missing = [label for label in settings.search + settings.weight_one if label not in by_label]
+    wanted = [label for label, _ in settings.search] + list(settings.weight_one) + list(settings.proxy)
+    missing = [label for label in wanted if label not in by_label]
     if missing:
-        raise ValueError(f"search or weight-1 rows {missing} are not among the runs {list(by_label)}")
+        raise ValueError(f"search, weight-1 or proxy rows {missing} are not among the runs {list(by_label)}")
     ctx, tuned = seed_context(inputs, settings, seed, workdir, log)
+    data = calibration_files(ctx, inputs.raw_tasks, inputs.tokenizer, settings.calibration_texts,
+                             ctx.workdir / "calibration")
+    ctx.proxy_labels, ctx.calibration_losses = settings.proxy, calibration_losses(inputs.tokenizer, data)
     base_state = ctx.base_state
     tuned_states = [load_body_state(Path(p)) for p, _ in tuned]
     names = [t.name for t in inputs.tasks]
@@ -239,7 +279,7 @@ def seed_record(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir
                           initial_exponents=settings.initial_exponents, verify=lambda r: r.label in settings.verify)
     record["methods"] = run_methods(ctx, runs, shared, individual, log)
     record["methods"].update(weight_one_rows(ctx, [by_label[k] for k in settings.weight_one], individual))
-    record["methods"].update(search_rows(ctx, inputs, settings, by_label, individual, "search", log))
+    record["methods"].update(search_rows(ctx, data, settings, settings.search, by_label, individual, log))
     record["inspect"], record["overlap"] = inspected(ctx, runs) if settings.inspect else ({}, {})
     record["seconds"] = {**{k: round(v, 1) for k, v in ctx.timer.totals.items()},
                          "seed": round(time.perf_counter() - started, 1)}
@@ -259,20 +299,17 @@ def seed_context(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdi
     return ctx, tuned
 
 
-def search_rows(ctx: LMContext, inputs: SeedInputs, settings: LMSeedSettings, by_label: dict, individual: dict,
-                variant: str, log: Callable[[str], None]) -> dict:
-    """``settings.search``'s runs at weights from ``mergekit-cabs search`` on calibration
-    prompts of the train split, the loss as ``SEARCH_VARIANTS[variant]`` says."""
-    if not settings.search:
-        return {}
-    answer_only = SEARCH_VARIANTS[variant]
-    data = calibration_files(ctx, inputs.raw_tasks, inputs.tokenizer, settings.calibration_texts,
-                             ctx.workdir / ("calibration-answer" if answer_only else "calibration"), answer_only)
+def search_rows(ctx: LMContext, data: Sequence[str], settings: LMSeedSettings,
+                searches: Sequence[tuple[str, str]], by_label: dict, individual: dict,
+                log: Callable[[str], None]) -> dict:
+    """Each (run label, variant) of ``searches`` at weights from ``mergekit-cabs search``
+    (``SEARCH_VARIANTS[variant]``) on the calibration files ``data``."""
     rows = {}
-    for label in settings.search:
-        row = search_row(ctx, by_label[label], calibration_search(ctx, data, settings), individual,
+    for label, variant in searches:
+        row = search_row(ctx, by_label[label], calibration_search(ctx, data, settings, variant), individual,
                          {"calibration_texts_per_task": settings.calibration_texts, "variant": variant,
-                          "loss": "answer tokens" if answer_only else "every token"}, variant)
+                          "settings": {k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in SEARCH_VARIANTS[variant].items()}}, variant)
         rows[f"{label} [{variant}]"] = row
         log(f"seed {ctx.seed}: {label} [{variant}] weights {row['weights']} test mean {row['mean']:.4f} "
             f"({row['search']['evaluations']} evaluations, {row['search']['wall_seconds']:.0f}s)")
@@ -311,7 +348,10 @@ def added_search_rows(inputs: SeedInputs, settings: LMSeedSettings, record: dict
                                                        individual)
             log(f"seed {record['seed']}: fine-tunes retrained (norms within {drift:.1e}); weight-1 rows again: "
                 f"{provenance['reproduced']}")
-        return search_rows(ctx, inputs, settings, by_label, individual, variant, log), provenance
+        data = calibration_files(ctx, inputs.raw_tasks, inputs.tokenizer, settings.calibration_texts,
+                                 ctx.workdir / "calibration")
+        searches = [(label, variant) for label in dict.fromkeys(label for label, _ in settings.search)]
+        return search_rows(ctx, data, settings, searches, by_label, individual, log), provenance
 
 
 def reproduced_rows(ctx: LMContext, runs: Sequence[MethodRun], record: dict, individual: dict) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..merging import method_runs
+from ..merging import MethodRun, method_runs
 from ..run import versions
 from .lm import FineTuneSettings
 from .pipeline import SEARCH_VARIANTS, LMSeedSettings, SeedInputs, added_search_rows, run_seed
@@ -43,24 +43,39 @@ class Preset:
     seeds: tuple[int, ...]
     densities: tuple[float, ...]
     methods: Optional[tuple[str, ...]]  # None: every method of ours and MergeKit's four
-    search: tuple[str, ...]
-    search_evaluations: int
+    search: tuple[tuple[str, str], ...]  # (run label, pipeline.SEARCH_VARIANTS name)
+    search_evaluations: Optional[int]  # None: the search's own default
     calibration_texts: int
     general_texts: int
+    extra_runs: tuple[MethodRun, ...] = ()  # beyond methods x densities
+    weight_one: tuple[str, ...] = ()  # labels also scored at weight 1
+    proxy: tuple[str, ...] = ()  # labels whose grid points record the calibration loss
 
+
+def cabs_at(*densities: float, **options: str) -> tuple[MethodRun, ...]:
+    return tuple(MethodRun("cabs", d, BLOCK_SIZE, tuple(options.items())) for d in densities)
+
+
+# Where conflict-aware pruning starts to starve the last of four models: between 0.10 (its
+# free share 7 times its quota) and 0.25 (once), at 0.175 (2.7 times), with CA and without.
+INTERMEDIATE = (MethodRun("cabs", 0.175, BLOCK_SIZE), MethodRun("nm_linear", 0.175, BLOCK_SIZE))
+# The norm rescale (rescale: l1), which makes weight 1 add each task's dense L1 norm.
+RESCALED = cabs_at(0.25, 0.1, rescale="l1")
+FULL_SEARCHES = tuple((f"cabs@{d:g}", variant) for d in (0.25, 0.1)
+                      for variant in ("search", "search, cabs-plus"))
 
 PRESETS = {
     # The fine-tunes are the full preset's seed 0 (same train split and settings): cached.
-    # Sized to 20 minutes with them cached: 4 methods, not the encoder regimes' 6 (the
-    # per-tensor magnitude pair and its inspect cost about 4 minutes), 64 general texts.
+    # 4 methods, density 0.25, the default search of cabs: a check of every stage.
     "quick": Preset(TaskSizes(train=1000, val=32, test=200), (0,), (0.25,), QUICK_METHODS,
-                    ("cabs@0.25",), 17, 8, 64),
+                    (("cabs@0.25", "search"),), 40, 32, 64, weight_one=("cabs@0.25",), proxy=("cabs@0.25",)),
     # Sized to the 3-hour budget on 2 cores with the seeds run one after the other (--seeds,
-    # then --resume): test scoring of 34 models x 2000 prompts per seed dominates. Cut to fit:
-    # 32 validation prompts per task (as quick), 64 general texts, searches for cabs only
-    # (both densities) of 17 evaluations on 8 calibration prompts per task.
-    "full": Preset(TaskSizes(train=1000, val=32, test=500), (0, 1), (0.25, 0.1), None,
-                   ("cabs@0.25", "cabs@0.1"), 17, 8, 64),
+    # then --resume): test scoring of the rows and the searches dominate. Cut to fit: 32
+    # validation prompts per task, 64 general texts, the searches for cabs only.
+    "full": Preset(TaskSizes(train=1000, val=32, test=500), (0, 1), (0.25, 0.1), None, FULL_SEARCHES, None, 32, 64,
+                   extra_runs=INTERMEDIATE + RESCALED,
+                   weight_one=("cabs@0.25", "cabs@0.1", "cabs@0.175") + tuple(r.label for r in RESCALED),
+                   proxy=("cabs@0.25", "cabs@0.1")),
 }
 
 
@@ -87,11 +102,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def settings_of(preset: Preset) -> LMSeedSettings:
-    labels = [f"cabs@{d:g}" for d in preset.densities]
     return LMSeedSettings(fine_tune=FINE_TUNE, densities=preset.densities, block_size=BLOCK_SIZE,
                           search=preset.search, search_evaluations=preset.search_evaluations,
-                          calibration_texts=preset.calibration_texts, weight_one=tuple(labels),
-                          verify=(labels[0],))
+                          calibration_texts=preset.calibration_texts, weight_one=preset.weight_one,
+                          verify=(f"cabs@{preset.densities[0]:g}",), proxy=preset.proxy)
+
+
+def preset_runs(preset: Preset) -> list[MethodRun]:
+    """The preset's rows: methods x densities, then its extra runs."""
+    runs = [r for r in method_runs(preset.densities, BLOCK_SIZE) if preset.methods is None or r.method in preset.methods]
+    return runs + list(preset.extra_runs)
 
 
 def load_inputs(preset: Preset, workdir: Path) -> SeedInputs:
@@ -135,7 +155,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    runs = [r for r in method_runs(preset.densities, BLOCK_SIZE) if preset.methods is None or r.method in preset.methods]
+    runs = preset_runs(preset)
     record = settings_record(preset, runs)
     previous = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").is_file() else {}
     kept = kept_seeds(previous, record)
@@ -174,7 +194,8 @@ def add_search(args: argparse.Namespace, preset_name: str, out: Path, inputs: Se
     settings = settings_of(PRESETS[preset_name])
     slug = args.add_search.replace(", ", "-").replace(" ", "_")
     for seed in data["seeds"]:
-        if all(f"{label} [{args.add_search}]" in seed["methods"] for label in settings.search):
+        labels = dict.fromkeys(label for label, _ in settings.search)
+        if all(f"{label} [{args.add_search}]" in seed["methods"] for label in labels):
             print(f"seed {seed['seed']}: has the {args.add_search} rows")
             continue
         started = time.perf_counter()
@@ -185,7 +206,7 @@ def add_search(args: argparse.Namespace, preset_name: str, out: Path, inputs: Se
         seed.setdefault("added", []).append({"rows": args.add_search, "command": command, **provenance,
                                              "seconds": round(time.perf_counter() - started, 1),
                                              "finished": time.strftime("%Y-%m-%d")})
-        if all(f"{label} [{args.add_search}]" in s["methods"] for s in data["seeds"] for label in settings.search):
+        if all(f"{label} [{args.add_search}]" in s["methods"] for s in data["seeds"] for label in labels):
             write_outputs(out, data)
         else:  # the tables compare rows every seed has: keep this seed's rows, render after the last
             data.pop("summary", None)
