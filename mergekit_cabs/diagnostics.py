@@ -38,6 +38,7 @@ import torch
 from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Recipe, Sparsifier, magnitude_mask, task_masks, tensor_seed
 from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo, parameter_specs
+from mergekit_cabs.validation import MergeConfigError
 
 # Mask kinds: the configured method's, plain magnitude at the same densities, and (for
 # conflict-aware methods) each task's own mask with CA switched off.
@@ -309,7 +310,7 @@ def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
     config = MergeConfiguration.model_validate(yaml.safe_load(Path(config_path).read_text()))
     info = METHODS_BY_NAME.get(config.merge_method)
     if info is None:
-        raise ValueError(
+        raise MergeConfigError(
             f"{config_path}: merge_method {config.merge_method!r} is not one of this "
             f"package's methods ({', '.join(METHODS_BY_NAME)}); inspect computes their "
             "masks. Set merge_method to one of them."
@@ -397,7 +398,7 @@ def common_task_order(config_path: str | Path, jobs: Sequence[TensorJob]) -> tup
     task_order = jobs[0].tasks if jobs else ()
     for job in jobs:
         if job.tasks != task_order:
-            raise ValueError(
+            raise MergeConfigError(
                 f"{config_path}: tensor {job.name} merges models {[str(m) for m in job.tasks]} "
                 f"but the first tensor {[str(m) for m in task_order]}; inspect compares the "
                 "same fine-tuned models everywhere. Use one `models:` list."
@@ -456,7 +457,7 @@ def inspect_config(
     statistics = MaskStatistics(info.recipe, [str(m) for m in task_order], balance_block_size)
     skipped, counted = tally_masks(jobs, statistics, info.recipe, seed, device=device, progress=progress)
     if not statistics.total.elements:
-        raise ValueError(f"{config_path}: no floating-point tensor is present in the base and "
+        raise MergeConfigError(f"{config_path}: no floating-point tensor is present in the base and "
                          "every fine-tuned model; check the models' paths and files.")
     report = {
         "config": str(config_path),

@@ -25,8 +25,9 @@ def write_config(path, method, base, models, model_params, shared=None, dtype="f
             {"model": m, "parameters": p} if p is not None else {"model": m}
             for m, p in zip(models, model_params)
         ],
-        "dtype": dtype,
     }
+    if dtype is not None:
+        config["dtype"] = dtype
     if shared:
         config["parameters"] = shared
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))

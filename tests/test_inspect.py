@@ -183,7 +183,7 @@ def test_inspect_rejects_a_method_that_is_not_ours(tiny_family, tmp_path):
     base, models = tiny_family
     write_config(tmp_path / "ta.yml", "task_arithmetic", base, models, [{"weight": 1.0}] * 3)
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "ta.yml"), "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "merge_method 'task_arithmetic' is not one of this package's methods" in result.output
 
 
