@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 from huggingface_hub import ModelCard
 
 from mergekit_cabs import merge_log
+from mergekit_cabs.hosts.model_paths import paths_unchecked
 from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Combine, Recipe, keep_count
 from mergekit_cabs.methods import METHOD_TABLE, METHODS_BY_NAME, MethodInfo, strategy_for
@@ -330,7 +331,7 @@ def card_with_our_sections(generate_card: Callable, card_module: Any,
         info = METHODS_BY_NAME.get(config.merge_method)
         if info is None:
             return generate_card(config, config_yaml, name)
-        with _hub_lookups_tolerated(card_module):
+        with _hub_lookups_tolerated(card_module), paths_unchecked():
             card = generate_card(config, config_yaml, name)
         records = merged_tensor_records(info, config, slice_sources)
         return extend_card(card, info, config, records, slice_sources)

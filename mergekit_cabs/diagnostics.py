@@ -305,6 +305,7 @@ def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
     from mergekit.config import MergeConfiguration
 
     from mergekit_cabs import register_all
+    from mergekit_cabs.hosts.model_paths import check_config_paths
 
     register_all()
     config = MergeConfiguration.model_validate(yaml.safe_load(Path(config_path).read_text()))
@@ -315,6 +316,7 @@ def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
             f"package's methods ({', '.join(METHODS_BY_NAME)}); inspect computes their "
             "masks. Set merge_method to one of them."
         )
+    check_config_paths(config)
     return config, info
 
 

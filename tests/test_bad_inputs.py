@@ -110,6 +110,12 @@ BAD = [
          "unknown parameter 'sparsity' for cabs"),
     case("block-size-for-magnitude", lambda b, m, o: {**cabs(b, m), "merge_method": "magnitude_linear"},
          "unknown parameter 'block_size' for magnitude_linear"),
+    case("model-path-missing", lambda b, m, o: cabs(b, [m[0], str(Path(m[1]).parent / "finetuned_9")]),
+         "finetuned_9 does not exist. Correct it in the config"),
+    case("model-folder-without-weights", lambda b, m, o: cabs(b, [m[0], str(Path(m[1]).parent)]),
+         "holds no weights: none of model.safetensors"),
+    case("model-path-is-a-file", lambda b, m, o: cabs(str(Path(b) / "model.safetensors"), m),
+         "model.safetensors is a file, not a model folder"),
 ]
 
 
