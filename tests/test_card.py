@@ -5,12 +5,13 @@ papers and BibTeX; MergeKit's own methods keep MergeKit's card; offline merges o
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from conftest import MERGEKIT_YAML
+from conftest import MERGEKIT_YAML, once_per_run
 from mergekit.config import MergeConfiguration
 
 from mergekit_cabs import register_all
@@ -44,19 +45,23 @@ def card_in_process(config):
 
 @pytest.fixture(scope="module")
 def relative_path_merge(tiny_family, tmp_path_factory):
-    """Plain mergekit-yaml, offline, cabs_ties over `models/...` paths relative to its cwd."""
-    base, _ = tiny_family
-    work = tmp_path_factory.mktemp("relative")
-    (work / "models").symlink_to(Path(base).parent, target_is_directory=True)
+    """Plain mergekit-yaml, offline, cabs_ties over `models/...` paths relative to its cwd:
+    (its exit status and stderr, the card's path, the config)."""
     config = config_dict("cabs_ties", "models/base", RELATIVE_MODELS,
                          {"block_size": 20, "lambda": 0.9, "normalize": True})
-    (work / "cabs_ties.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    result = subprocess.run(
-        [MERGEKIT_YAML, "cabs_ties.yml", "merged", "--no-copy-tokenizer", "--quiet"],
-        cwd=work, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    return result, work / "merged" / "README.md", config
+
+    def merge(work):
+        (work / "models").symlink_to(Path(tiny_family[0]).parent, target_is_directory=True)
+        (work / "cabs_ties.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        result = subprocess.run(
+            [MERGEKIT_YAML, "cabs_ties.yml", "merged", "--no-copy-tokenizer", "--quiet"],
+            cwd=work, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        return {"returncode": result.returncode, "stderr": result.stderr}
+
+    work, result = once_per_run(tmp_path_factory, "card-relative-merge", merge)
+    return SimpleNamespace(**result), work / "merged" / "README.md", config
 
 
 @pytest.fixture(scope="module")
