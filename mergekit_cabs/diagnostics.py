@@ -527,6 +527,10 @@ def format_table(report: dict) -> str:
         lines.append(row)
     lines.append("(kept = kept share; energy = kept energy share; CV = method|magnitude; "
                  f"blocks of {report['balance_block_size']})")
+    if ca:
+        lines.append("(no-CA = kept energy share of the same pruning without conflict-aware "
+                     "masking; lost = no-CA - energy, what a model gave up to the models pruned "
+                     "before it)")
     lines.append(f"\n{keep_count_sentence(report)}")
     return "\n".join(lines)
 

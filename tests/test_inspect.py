@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from conftest import run_mergekit_yaml, write_config
 from mergekit_cabs.cli import main
-from mergekit_cabs.diagnostics import inspect_config, write_figures
+from mergekit_cabs.diagnostics import format_table, inspect_config, write_figures
 from mergekit_cabs.kernels import Recipe, magnitude_mask, task_masks, tensor_seed
 from mergekit_cabs.methods import METHODS_BY_NAME
 from mergekit_cabs.tiny_models import load_state
@@ -171,6 +171,13 @@ def test_inspect_command_prints_table_and_writes_report_and_figures(cabs_config,
     for name in ("overlap_per_layer.png", "kept_energy_per_layer.png"):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_the_table_explains_its_no_ca_and_lost_columns(cabs_report):
+    table = format_table(cabs_report)
+    assert "no-CA    lost" in table
+    assert ("(no-CA = kept energy share of the same pruning without conflict-aware masking; "
+            "lost = no-CA - energy, what a model gave up to the models pruned before it)") in table
 
 
 def test_figures_are_skipped_without_matplotlib(cabs_report, tmp_path, monkeypatch):
