@@ -328,7 +328,10 @@ def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
     from mergekit.plan import MergePlanner
 
     arch_info = get_architecture_info(config, options)
-    out_config = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
+    # The planner reads only the output config's architecture. Given a `dtype:`, MergeKit would
+    # set the config's deprecated `torch_dtype`, and transformers 5 print a line for it.
+    untyped = config.model_copy(update={k: None for k in ("dtype", "out_dtype") if k in type(config).model_fields})
+    out_config = _model_out_config(untyped, arch_info, trust_remote_code=options.trust_remote_code)
     cache = LoaderCache()
     cache.setup(options=options)
     for model in config.referenced_models():  # as run_merge warms its loader cache

@@ -180,6 +180,23 @@ def test_the_table_explains_its_no_ca_and_lost_columns(cabs_report):
             "lost = no-CA - energy, what a model gave up to the models pruned before it)") in table
 
 
+def test_inspecting_a_config_with_a_dtype_prints_no_deprecation(cabs_config, tmp_path):
+    import logging
+
+    assert "dtype: float32" in cabs_config.read_text()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    transformers_log = logging.getLogger("transformers")  # its own handler, no propagation
+    transformers_log.addHandler(handler)
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process
+    try:
+        inspect_config(cabs_config, tmp_path, random_seed=SEED, progress=False)
+    finally:
+        transformers_log.removeHandler(handler)
+    assert not [r for r in records if "torch_dtype" in r.getMessage()]
+
+
 def test_figures_are_skipped_without_matplotlib(cabs_report, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now fails
     assert write_figures(cabs_report, tmp_path) is None
