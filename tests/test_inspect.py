@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import run_mergekit_yaml, write_config
+from conftest import run_mergekit_yaml_in_process, write_config
 from mergekit_cabs.cli import main
 from mergekit_cabs.diagnostics import format_table, inspect_config, write_figures
 from mergekit_cabs.kernels import Recipe, magnitude_mask, task_masks, tensor_seed
@@ -217,8 +217,8 @@ def test_dare_masks_are_the_merges_given_its_random_seed(tiny_family, tmp_path):
     base, models = tiny_family
     write_config(tmp_path / "dare.yml", "ca_dare_linear", base, models,
                  [{"density": d} for d in DENSITIES])
-    merge = run_mergekit_yaml(tmp_path / "dare.yml", tmp_path / "merged", "--random-seed", str(SEED))
-    assert merge.returncode == 0, merge.stderr[-3000:]
+    code, error = run_mergekit_yaml_in_process(tmp_path / "dare.yml", tmp_path / "merged", "--random-seed", str(SEED))
+    assert code == 0, error[-3000:]
     report = inspect_config(tmp_path / "dare.yml", tmp_path, random_seed=SEED, progress=False)
     merged, base_state = load_state(tmp_path / "merged"), load_state(base)
     moved = sum(int((merged[n] != base_state[n]).sum()) for n in base_state)

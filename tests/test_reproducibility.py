@@ -6,42 +6,55 @@ import hashlib
 import pytest
 import torch
 
-from conftest import once_per_run, run_python, write_config
+from conftest import once_per_run, run_mergekit_yaml_in_process, run_python, write_config
 from mergekit_cabs import methods
 from mergekit_cabs.tiny_models import load_state
 
 PARAMS = [{"weight": 1.2, "density": 0.25}, {"weight": 0.9, "density": 0.3}, {"weight": 1.1, "density": 0.4}]
 
 
-def merged_hashes(tmp_path, method, tiny_family, runs, params=PARAMS, shared=None):
-    """{name: SHA-256 of the merged model} for ``runs`` ([(name, mergekit-yaml flags)]), merged
-    one after another in one fresh interpreter (flags such as --num-threads stay set)."""
+def digest(folder):
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def write_method_config(tmp_path, method, tiny_family, params=PARAMS, shared=None):
     base, models = tiny_family
-    config = tmp_path / f"{method}.yml"
-    write_config(config, method, base, models[: len(params)], params, shared)
-    result = run_python(MERGE_ALL.format(runs=[[str(config), str(tmp_path / name), *flags]
+    write_config(tmp_path / f"{method}.yml", method, base, models[: len(params)], params, shared)
+    return tmp_path / f"{method}.yml"
+
+
+def hash_here(config, out, *flags):
+    """The merge's hash, merged by MergeKit's command in this interpreter."""
+    code, error = run_mergekit_yaml_in_process(config, out, *flags)
+    assert code == 0, error[-2000:]
+    return digest(out)
+
+
+def hashes_in_a_fresh_interpreter(config, runs):
+    """{name: hash} for ``runs`` ([(name, mergekit-yaml flags)]), merged one after another in
+    one fresh interpreter (flags such as --num-threads stay set)."""
+    result = run_python(MERGE_ALL.format(runs=[[str(config), str(config.parent / name), *flags]
                                                for name, flags in runs]))
     assert result.returncode == 0, result.stderr[-2000:]
-    return {name: hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest()
-            for name, _ in runs}
+    return {name: digest(config.parent / name) for name, _ in runs}
 
 
+# Each test merges in this interpreter and in a fresh one: a result that hung on hash order
+# (a set's, as in MergeKit's lists of models) would differ between the two.
 @pytest.mark.slow
 def test_cabs_gives_the_same_bytes_twice_and_on_one_thread(tiny_family, tmp_path):
-    shared = {"block_size": 16}
-    # Two interpreters: a result that hangs on hash order (a set's) would differ between them.
-    first = merged_hashes(tmp_path, "cabs_ties", tiny_family, [("a", [])], shared=shared)["a"]
-    again = merged_hashes(tmp_path, "cabs_ties", tiny_family, [("b", []), ("c", ["--num-threads", "1"])],
-                          shared=shared)
+    config = write_method_config(tmp_path, "cabs_ties", tiny_family, shared={"block_size": 16})
+    first = hash_here(config, tmp_path / "a")
+    again = hashes_in_a_fresh_interpreter(config, [("b", []), ("c", ["--num-threads", "1"])])
     assert again == {"b": first, "c": first}
 
 
 @pytest.mark.slow
 def test_dare_variant_is_reproducible_by_random_seed_at_any_thread_count(tiny_family, tmp_path):
-    seeded = ["--random-seed", "7"]
-    first = merged_hashes(tmp_path, "ca_dare_ties", tiny_family, [("a", seeded)])["a"]
-    again = merged_hashes(tmp_path, "ca_dare_ties", tiny_family,
-                          [("b", [*seeded, "--num-threads", "1"]), ("c", ["--random-seed", "8"])])
+    config = write_method_config(tmp_path, "ca_dare_ties", tiny_family)
+    first = hash_here(config, tmp_path / "a", "--random-seed", "7")
+    again = hashes_in_a_fresh_interpreter(config, [("b", ["--random-seed", "7", "--num-threads", "1"]),
+                                                   ("c", ["--random-seed", "8"])])
     assert again["b"] == first
     assert again["c"] != first
 
