@@ -26,6 +26,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 from huggingface_hub import ModelCard
 
 from mergekit_cabs import merge_log
+from mergekit_cabs.card_listing import (
+    MODELS_HEADING,
+    current_links,
+    front_matter_models,
+    listed_in_merge_order,
+    merge_order,
+)
+from mergekit_cabs.hosts.model_paths import paths_unchecked
 from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Combine, Recipe, keep_count
 from mergekit_cabs.methods import METHOD_TABLE, METHODS_BY_NAME, MethodInfo, strategy_for
@@ -38,9 +46,6 @@ __all__ = ["CABS_PAPER", "DARE_PAPER", "TIES_PAPER", "Paper", "papers_for", "ext
 LOG = logging.getLogger(__name__)
 
 CARD_TAGS = ("cabs", "model-merging", "task-arithmetic")
-
-# Our paragraph goes right after MergeKit's "Merge Method" sentence.
-_MODELS_HEADING = "### Models Merged"
 
 
 def papers_for(recipe: Recipe) -> tuple[Paper, ...]:
@@ -147,12 +152,15 @@ def disjointness_sentence(recipe: Recipe, densities: Sequence[Any], block_size: 
                                          if sum(densities) > 1 else "."))
 
 
-def _order_sentence(recipe: Recipe, clauses: Sequence[str], densities: Sequence[Any],
-                    block_size: Any, records: Sequence[merge_log.TensorRecord]) -> str:
+def _order_sentence(recipe: Recipe, models: Sequence[str], clauses: Sequence[str],
+                    densities: Sequence[Any], block_size: Any,
+                    records: Sequence[merge_log.TensorRecord]) -> str:
     if not recipe.conflict_aware:
         return "independently for each model: " + ", ".join(clauses) + "."
-    text = ("conflict-aware, in the order the models are listed: first " + ", then ".join(clauses)
-            + "; each model chose first among the positions no earlier model had kept.")
+    # The order changes the result, and MergeKit's list of the models has none: say it plainly.
+    text = ("conflict-aware, pruned first to last: " + ", ".join(f"`{m}`" for m in models)
+            + " (the order of `models:`); each model chose first among the positions no earlier "
+            "model had kept. Per model: " + ", ".join(clauses) + ".")
     return text + disjointness_sentence(recipe, densities, block_size, records)
 
 
@@ -256,8 +264,8 @@ def procedure_paragraph(info: MethodInfo, config: Any,
             clauses.append(_model_clause(model, weight, density, settings["density"],
                                          shared.get("block_size"), recipe))
             densities.append(settings["density"])
-        body = opening + _order_sentence(recipe, clauses, densities, shared.get("block_size"),
-                                         records)
+        body = opening + _order_sentence(recipe, [m for m, _ in resolved[1]], clauses, densities,
+                                         shared.get("block_size"), records)
     else:
         body = (opening + ("conflict-aware in the order the models are listed"
                            if recipe.conflict_aware else "independently for each model")
@@ -323,12 +331,13 @@ def extend_card(card: str, info: MethodInfo, config: Any,
         return card
     tags = list(model_card.data.tags or [])
     model_card.data.tags = tags + [t for t in CARD_TAGS if t not in tags]
+    model_card.data.base_model = front_matter_models(model_card.data.base_model, config)
     procedure = procedure_paragraph(info, config, records, slice_sources)
     searched = search_paragraph(read_search_record(config_yaml))
     details = f"{method_paragraph(info)}\n\n{procedure}\n\n" + (f"{searched}\n\n" if searched else "")
-    body = model_card.text
-    if _MODELS_HEADING in body:
-        body = body.replace(_MODELS_HEADING, details + _MODELS_HEADING, 1)
+    body = listed_in_merge_order(current_links(model_card.text), merge_order(config))
+    if MODELS_HEADING in body:  # our paragraph goes right after MergeKit's "Merge Method" one
+        body = body.replace(MODELS_HEADING, details + MODELS_HEADING, 1)
     else:
         body = body.rstrip("\n") + "\n\n" + details
     model_card.text = body.rstrip("\n") + "\n\n" + citation_section(papers_for(info.recipe))
@@ -382,7 +391,7 @@ def card_with_our_sections(generate_card: Callable, card_module: Any,
         info = METHODS_BY_NAME.get(config.merge_method)
         if info is None:
             return generate_card(config, config_yaml, name)
-        with _hub_lookups_tolerated(card_module):
+        with _hub_lookups_tolerated(card_module), paths_unchecked():
             card = generate_card(config, config_yaml, name)
         records = merged_tensor_records(info, config, slice_sources)
         return extend_card(card, info, config, records, slice_sources, config_yaml)

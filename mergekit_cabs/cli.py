@@ -1,22 +1,46 @@
-"""Console entry points. Each registers our methods explicitly, so none needs the hook."""
+"""Console entry points. Each registers our methods explicitly, so none needs the hook.
+
+A wrong input is one line, ``Error: ...``, with exit status 2; ``--debug`` shows the
+traceback (``cli_errors``).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import click
 
+from mergekit_cabs.cli_errors import check_config_file, reported
+
+DEBUG_HELP = "Show the traceback of an input error (normally one line)."
+
+
+def config_argument(command: click.Command, args: list[str]) -> Optional[str]:
+    """The config file among ``mergekit-yaml``'s arguments, as click will parse them (none for
+    ``--help`` or a usage error, which click reports itself)."""
+    context = command.make_context(command.name, list(args), resilient_parsing=True)
+    return context.params.get("config_file")
+
 
 def merge_yaml(argv: list[str] | None = None) -> None:
-    """``mergekit-yaml`` with all its flags, after registering our methods."""
-    from mergekit.scripts.run_yaml import main
+    """``mergekit-yaml`` with all its flags, after registering our methods; a wrong input
+    (ours or MergeKit's) is one line with exit status 2, ``--debug`` shows its traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    with reported(debug):
+        from mergekit.scripts.run_yaml import main
 
-    from mergekit_cabs import register_all
+        from mergekit_cabs import register_all
 
-    register_all()
-
-    main(args=argv if argv is not None else sys.argv[1:], prog_name="mergekit-cabs-yaml")
+        register_all()
+        config_file = config_argument(main, args)
+    with reported(debug, config_file):
+        if config_file is not None:
+            check_config_file(config_file)
+        main(args=args, prog_name="mergekit-cabs-yaml")
 
 
 @click.group()
@@ -31,22 +55,20 @@ def main() -> None:
 )
 @click.pass_context
 def merge_command(ctx: click.Context) -> None:
-    """Run mergekit-yaml (same arguments and flags; --help shows them)."""
+    """Run mergekit-yaml (same arguments and flags; --help shows them; --debug: tracebacks)."""
     merge_yaml(list(ctx.args))
 
 
 @main.command("demo")
 @click.option("--out", "out_dir", default="demo-output", show_default=True,
               help="Folder for the tiny models, the config and the merged model.")
-def demo_command(out_dir: str) -> None:
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
+def demo_command(out_dir: str, debug: bool) -> None:
     """Build tiny models locally and merge them with plain mergekit-yaml and CABS."""
     from mergekit_cabs.demo import run_demo
-    from mergekit_cabs.output_dir import OutputDirError
 
-    try:
+    with reported(debug):
         run_demo(out_dir)
-    except OutputDirError as error:
-        raise click.ClickException(str(error)) from None
 
 
 @main.command("inspect")
@@ -57,16 +79,15 @@ def demo_command(out_dir: str) -> None:
               help="The merge's --random-seed (makes the DARE variants' masks the merge's).")
 @click.option("--device", default="cpu", show_default=True, help="Where to compute the masks.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 def inspect_command(config_path: str, out_dir: str, random_seed: int | None, device: str,
-                    quiet: bool) -> None:
+                    quiet: bool, debug: bool) -> None:
     """Mask overlap, balance and kept energy of a mergekit-yaml config, vs magnitude masks."""
     from mergekit_cabs.diagnostics import format_table, inspect_config, write_figures
 
-    try:
+    with reported(debug, config_path):
         report = inspect_config(config_path, out_dir, random_seed=random_seed, device=device,
                                 progress=not quiet)
-    except ValueError as error:  # a config inspect cannot take; the message names the fix
-        raise click.ClickException(str(error)) from None
     click.echo(format_table(report))
     figures = write_figures(report, out_dir)
     click.echo(f"\nreport: {Path(out_dir) / 'report.json'}")
@@ -146,19 +167,18 @@ def search_loss(loss: str, paper: bool) -> str:
 @click.option("--first-stage-fraction", type=float, default=0.25, show_default=True,
               help="Share of each task's texts in the first stage.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 def search_command(config_path: str, data: tuple, out_dir: str, quiet: bool, max_length: int,
-                   batch_size: int, first_stage_fraction: float, loss: str, **options) -> None:
+                   batch_size: int, first_stage_fraction: float, loss: str, debug: bool, **options) -> None:
     """Find the per-model weights of a config by CMA-ES (CABS+ adaptive weight allocation)."""
-    from mergekit_cabs.search import SearchInputError, SearchSettings, search_causal_lm
+    from mergekit_cabs.search import search_causal_lm
 
-    try:
+    with reported(debug, config_path):
         loss = search_loss(loss, options["paper"])
         settings = search_settings(options)
         result = search_causal_lm(config_path, list(data), out_dir, settings,
                                   max_length=max_length, batch_size=batch_size, loss=loss,
                                   first_stage_fraction=first_stage_fraction, progress=not quiet)
-    except SearchInputError as error:
-        raise click.ClickException(str(error)) from None
     click.echo(f"best fitness {result.best.fitness:.6g} at evaluation {result.best.index} "
                f"({len(result.evaluations)} evaluations, {result.stopped})")
     click.echo(f"weights: {result.weights_record(result.best.weights)}")

@@ -38,6 +38,7 @@ import torch
 from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Recipe, Sparsifier, magnitude_mask, task_masks, tensor_seed
 from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo, parameter_specs, rescale_norm
+from mergekit_cabs.validation import MergeConfigError
 
 # Mask kinds: the configured method's, plain magnitude at the same densities, and (for
 # conflict-aware methods) each task's own mask with CA switched off.
@@ -305,16 +306,18 @@ def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
     from mergekit.config import MergeConfiguration
 
     from mergekit_cabs import register_all
+    from mergekit_cabs.hosts.model_paths import check_config_paths
 
     register_all()
     config = MergeConfiguration.model_validate(yaml.safe_load(Path(config_path).read_text()))
     info = METHODS_BY_NAME.get(config.merge_method)
     if info is None:
-        raise ValueError(
+        raise MergeConfigError(
             f"{config_path}: merge_method {config.merge_method!r} is not one of this "
             f"package's methods ({', '.join(METHODS_BY_NAME)}); inspect computes their "
             "masks. Set merge_method to one of them."
         )
+    check_config_paths(config)
     return config, info
 
 
@@ -326,7 +329,10 @@ def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
     from mergekit.plan import MergePlanner
 
     arch_info = get_architecture_info(config, options)
-    out_config = _model_out_config(config, arch_info, trust_remote_code=options.trust_remote_code)
+    # The planner reads only the output config's architecture. Given a `dtype:`, MergeKit would
+    # set the config's deprecated `torch_dtype`, and transformers 5 print a line for it.
+    untyped = config.model_copy(update={k: None for k in ("dtype", "out_dtype") if k in type(config).model_fields})
+    out_config = _model_out_config(untyped, arch_info, trust_remote_code=options.trust_remote_code)
     cache = LoaderCache()
     cache.setup(options=options)
     for model in config.referenced_models():  # as run_merge warms its loader cache
@@ -399,7 +405,7 @@ def common_task_order(config_path: str | Path, jobs: Sequence[TensorJob]) -> tup
     task_order = jobs[0].tasks if jobs else ()
     for job in jobs:
         if job.tasks != task_order:
-            raise ValueError(
+            raise MergeConfigError(
                 f"{config_path}: tensor {job.name} merges models {[str(m) for m in job.tasks]} "
                 f"but the first tensor {[str(m) for m in task_order]}; inspect compares the "
                 "same fine-tuned models everywhere. Use one `models:` list."
@@ -458,7 +464,7 @@ def inspect_config(
     statistics = MaskStatistics(info.recipe, [str(m) for m in task_order], balance_block_size)
     skipped, counted = tally_masks(jobs, statistics, info.recipe, seed, device=device, progress=progress)
     if not statistics.total.elements:
-        raise ValueError(f"{config_path}: no floating-point tensor is present in the base and "
+        raise MergeConfigError(f"{config_path}: no floating-point tensor is present in the base and "
                          "every fine-tuned model; check the models' paths and files.")
     report = {
         "config": str(config_path),
@@ -526,6 +532,10 @@ def format_table(report: dict) -> str:
         lines.append(row)
     lines.append("(kept = kept share; energy = kept energy share; CV = method|magnitude; "
                  f"blocks of {report['balance_block_size']})")
+    if ca:
+        lines.append("(no-CA = kept energy share of the same pruning without conflict-aware "
+                     "masking; lost = no-CA - energy, what a model gave up to the models pruned "
+                     "before it)")
     lines.append(f"\n{keep_count_sentence(report)}")
     return "\n".join(lines)
 

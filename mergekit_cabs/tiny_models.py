@@ -6,8 +6,10 @@ share of every perturbation is exactly zero, as in real bf16 task vectors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -29,6 +31,20 @@ def tiny_llama_config(**overrides):
     return LlamaConfig(**settings)
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off (each tiny save would draw "Writing model shards")."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
 def build_tiny_family(
     root: str | os.PathLike,
     n_finetuned: int = 3,
@@ -36,14 +52,27 @@ def build_tiny_family(
     dtype: torch.dtype = torch.float32,
     delta_scale: float = 0.02,
     zero_share: float = 0.1,
+    tokenizer: bool = False,
 ) -> tuple[str, list[str]]:
     """Save a base and ``n_finetuned`` fine-tunes under ``root``; return absolute paths.
+    ``tokenizer``: each with the word-level tokenizer of ``save_tiny_tokenizer`` (MergeKit
+    copies the base's into the merge and logs an error when there is none).
 
     Absolute paths matter: MergeKit's model card treats ``a/b`` as a Hub repository id.
     """
+    with _no_progress_bars():
+        base_path, paths = _save_family(Path(root).resolve(), n_finetuned, seed, dtype,
+                                        delta_scale, zero_share)
+        if tokenizer:
+            for path in (base_path, *paths):
+                save_tiny_tokenizer(path, tiny_llama_config().vocab_size)
+    return base_path, paths
+
+
+def _save_family(root: Path, n_finetuned: int, seed: int, dtype: torch.dtype, delta_scale: float,
+                 zero_share: float) -> tuple[str, list[str]]:
     from transformers import LlamaForCausalLM
 
-    root = Path(root).resolve()
     torch.manual_seed(seed)
     base = LlamaForCausalLM(tiny_llama_config()).to(dtype)
     base_path = root / "base"

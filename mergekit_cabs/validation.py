@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -114,6 +115,58 @@ def check_keep_counts(
                 f"{block_size} (tensor {tensor}). Raise block_size to at least {needed} "
                 "or raise density; density 0 drops the model on purpose."
             )
+
+
+# What MergeKit's loader reads from a model folder (``ShardedTensorIndex.from_disk``).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def looks_local(path: str) -> bool:
+    """Whether a model path names a folder on this machine, not a Hub repository: absolute,
+    ``~``, ``./``, ``../``, two or more slashes (no Hub id has them), or a parent folder
+    that exists here (``models/finetuned_9`` next to ``models/``)."""
+    if os.path.isabs(path) or path.startswith(("~", "./", "../")) or path in (".", ".."):
+        return True
+    parent = os.path.dirname(path)
+    return path.count("/") > 1 or (bool(parent) and os.path.isdir(parent))
+
+
+def _model_folders_in(folder: str) -> list[str]:
+    """Sub-folders of ``folder`` that hold weights (the user named their parent)."""
+    with os.scandir(folder) as entries:
+        folders = sorted(e.name for e in entries if e.is_dir())
+    return [f for f in folders if any(os.path.isfile(os.path.join(folder, f, w)) for w in WEIGHT_FILES)]
+
+
+def check_model_path(method: str, path: str, *, adapter: bool = False) -> None:
+    """A local-looking model path must be a folder holding weights MergeKit can read.
+
+    Checked before MergeKit opens anything: a missing local folder would otherwise be
+    taken for a Hub repository id and fail with an unrelated message (``Repo id must be in
+    the form ...``), after a long traceback. ``adapter``: a LoRA folder, whose weight files
+    have other names, so only its existence is checked.
+    """
+    if not looks_local(path):
+        return
+    relative = "" if os.path.isabs(path) else f" (relative to the current folder {os.getcwd()})"
+    if not os.path.exists(path):
+        tilde = " MergeKit does not expand `~`: write the full path." if path.startswith("~") else ""
+        raise MergeConfigError(
+            f"{method}: model path {path} does not exist{relative}. Correct it in the config "
+            f"(MergeKit would take it for a Hugging Face Hub id and fail).{tilde}")
+    if not os.path.isdir(path):
+        raise MergeConfigError(
+            f"{method}: model path {path} is a file, not a model folder. Give the folder that "
+            "holds the model's config.json and weights.")
+    if adapter or any(os.path.isfile(os.path.join(path, w)) for w in WEIGHT_FILES):
+        return
+    inside = _model_folders_in(path)
+    hint = f" (it holds the model folders {', '.join(inside[:3])})" if inside else ""
+    raise MergeConfigError(
+        f"{method}: model folder {path} holds no weights: none of {', '.join(WEIGHT_FILES)}, "
+        f"which MergeKit reads{hint}. Give the folder that holds the model's config.json and "
+        "weights.")
 
 
 def check_tensors_finite(tensor: str, inputs: Iterable[tuple[Any, torch.Tensor]]) -> None:

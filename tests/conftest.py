@@ -1,6 +1,8 @@
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,23 @@ import yaml
 from mergekit_cabs.tiny_models import build_tiny_family
 
 MERGEKIT_YAML = str(Path(sys.executable).with_name("mergekit-yaml"))
+
+
+def once_per_run(tmp_path_factory, name, make):
+    """``(folder, result)``: ``make(folder)`` run once per test run, by whichever xdist worker
+    asks first, its result (JSON) read by every later caller. A module fixture runs once per
+    worker that runs one of its tests (xdist splits a module): one doing a subprocess merge
+    would pay for it twice on 2 cores."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # shared by the workers
+    folder, done = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(make(folder)))
+    return folder, json.loads(done.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +44,21 @@ def write_config(path, method, base, models, model_params, shared=None, dtype="f
             {"model": m, "parameters": p} if p is not None else {"model": m}
             for m, p in zip(models, model_params)
         ],
-        "dtype": dtype,
     }
+    if dtype is not None:
+        config["dtype"] = dtype
     if shared:
         config["parameters"] = shared
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
     return config
+
+
+def run_python(code, env=None, **kwargs):
+    """``code`` (dedented) in a fresh interpreter, offline: the start-up hook acts as for a user."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600, **kwargs,
+    )
 
 
 def run_mergekit_yaml(config_path, out_path, *flags, env=None):

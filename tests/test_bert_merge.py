@@ -10,11 +10,11 @@ from importlib.metadata import version
 import pytest
 import torch
 
-from conftest import run_mergekit_yaml, write_config
+from conftest import run_mergekit_yaml, run_mergekit_yaml_in_process, write_config
 from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, keep_count, merge_tensor
 from mergekit_cabs.tiny_models import load_state
 
-# Subprocess merges: the full suite only (`-m "not slow"` skips them).
+# Merges (one in a fresh interpreter): the full suite only (`-m "not slow"` skips them).
 pytestmark = pytest.mark.slow
 
 DENSITY, BLOCK_SIZE, WEIGHT = 0.25, 16, 1.5
@@ -49,23 +49,31 @@ def tiny_bert_family(tmp_path_factory):
     return str(root / "base"), paths
 
 
-def merge(tmp_path, method, family, shared=None, env=None):
+def write_merge_config(tmp_path, method, family, shared=None):
     base, models = family
     write_config(tmp_path / "c.yml", method, base, models,
                  [{"weight": WEIGHT, "density": DENSITY}] * len(models), shared)
-    return run_mergekit_yaml(tmp_path / "c.yml", tmp_path / "out", env=env)
+    return tmp_path / "c.yml"
+
+
+def merge_with_the_plugin(tmp_path, method, family, shared=None):
+    """MergeKit's command in this process, where the plugin is registered (a fresh
+    interpreter would only add its start-up; the hook's own tests are test_discovery's)."""
+    code, error = run_mergekit_yaml_in_process(write_merge_config(tmp_path, method, family, shared),
+                                               tmp_path / "out")
+    assert code == 0, error[-3000:]
 
 
 @pytest.mark.skipif(version("mergekit") != "0.1.5", reason="documents MergeKit 0.1.5's bug")
 def test_builtin_ties_crashes_on_bert_without_the_plugin(tiny_bert_family, tmp_path):
-    result = merge(tmp_path, "ties", tiny_bert_family, env={"MERGEKIT_CABS_NO_HOOK": "1"})
+    result = run_mergekit_yaml(write_merge_config(tmp_path, "ties", tiny_bert_family), tmp_path / "out",
+                               env={"MERGEKIT_CABS_NO_HOOK": "1"})
     assert result.returncode != 0
     assert "can only concatenate list" in result.stderr
 
 
 def test_builtin_ties_merges_bert(tiny_bert_family, tmp_path):
-    result = merge(tmp_path, "ties", tiny_bert_family)
-    assert result.returncode == 0, result.stderr[-3000:]
+    merge_with_the_plugin(tmp_path, "ties", tiny_bert_family)
     base = load_state(tiny_bert_family[0])
     merged = load_state(tmp_path / "out")
     floats = {k for k, v in base.items() if v.is_floating_point()}
@@ -75,8 +83,7 @@ def test_builtin_ties_merges_bert(tiny_bert_family, tmp_path):
 
 
 def test_cabs_merges_bert_as_the_kernels_do(tiny_bert_family, tmp_path):
-    result = merge(tmp_path, "cabs", tiny_bert_family, shared={"block_size": BLOCK_SIZE})
-    assert result.returncode == 0, result.stderr[-3000:]
+    merge_with_the_plugin(tmp_path, "cabs", tiny_bert_family, shared={"block_size": BLOCK_SIZE})
     base_path, model_paths = tiny_bert_family
     base, tuned = load_state(base_path), [load_state(p) for p in model_paths]
     merged = load_state(tmp_path / "out")

@@ -5,12 +5,13 @@ papers and BibTeX; MergeKit's own methods keep MergeKit's card; offline merges o
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from conftest import MERGEKIT_YAML
+from conftest import MERGEKIT_YAML, once_per_run
 from mergekit.config import MergeConfiguration
 
 from mergekit_cabs import register_all
@@ -44,19 +45,23 @@ def card_in_process(config):
 
 @pytest.fixture(scope="module")
 def relative_path_merge(tiny_family, tmp_path_factory):
-    """Plain mergekit-yaml, offline, cabs_ties over `models/...` paths relative to its cwd."""
-    base, _ = tiny_family
-    work = tmp_path_factory.mktemp("relative")
-    (work / "models").symlink_to(Path(base).parent, target_is_directory=True)
+    """Plain mergekit-yaml, offline, cabs_ties over `models/...` paths relative to its cwd:
+    (its exit status and stderr, the card's path, the config)."""
     config = config_dict("cabs_ties", "models/base", RELATIVE_MODELS,
                          {"block_size": 20, "lambda": 0.9, "normalize": True})
-    (work / "cabs_ties.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    result = subprocess.run(
-        [MERGEKIT_YAML, "cabs_ties.yml", "merged", "--no-copy-tokenizer", "--quiet"],
-        cwd=work, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    return result, work / "merged" / "README.md", config
+
+    def merge(work):
+        (work / "models").symlink_to(Path(tiny_family[0]).parent, target_is_directory=True)
+        (work / "cabs_ties.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        result = subprocess.run(
+            [MERGEKIT_YAML, "cabs_ties.yml", "merged", "--no-copy-tokenizer", "--quiet"],
+            cwd=work, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        return {"returncode": result.returncode, "stderr": result.stderr}
+
+    work, result = once_per_run(tmp_path_factory, "card-relative-merge", merge)
+    return SimpleNamespace(**result), work / "merged" / "README.md", config
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +87,14 @@ def test_card_adds_our_tags_to_mergekits(merged_card):
 
 
 @pytest.mark.slow
-def test_local_models_are_not_listed_as_hub_base_models(merged_card):
-    assert not merged_card.data.base_model
+def test_a_local_base_is_named_by_its_folder_in_the_front_matter(merged_card):
+    assert merged_card.data.base_model == ["base"]  # the local fine-tunes are left out, as MergeKit does
+
+
+@pytest.mark.slow
+def test_card_links_mergekits_current_repository(merged_card):
+    assert "[mergekit](https://github.com/arcee-ai/mergekit)" in merged_card.text
+    assert "cg123" not in merged_card.text
 
 
 @pytest.mark.slow
@@ -112,7 +123,8 @@ def test_card_states_each_models_weight_density_and_nm_in_merge_order(merged_car
                for m, w, d, n in zip(RELATIVE_MODELS, WEIGHTS, DENSITIES, (5, 6, 8))]
     positions = [text.index(c) for c in clauses]
     assert positions == sorted(positions)
-    assert "conflict-aware, in the order the models are listed" in text
+    assert ("conflict-aware, pruned first to last: `models/finetuned_1`, `models/finetuned_2`, "
+            "`models/finetuned_3` (the order of `models:`)") in text
     assert ("In every tensor the keep counts fit the block (Σ nᵢ ≤ m), so the kept positions "
             "of different models are disjoint") in text
 
@@ -145,6 +157,38 @@ def test_hub_ids_are_listed_as_base_models_and_linked():
          "BarryFutureman/WildMarcoroni-Variant1-7B"])
     assert "[mistralai/Mistral-7B-v0.1](https://huggingface.co/mistralai/Mistral-7B-v0.1)" in card.text
     assert "(weight 1.2, density 0.25 → 64:256)" in card.text
+
+
+HUB_MODELS = [f"org/tuned-{i}" for i in (5, 2, 7, 1, 6, 3)]  # a set keeps this order 1 time in 720
+
+
+def hub_config(method="cabs", models=HUB_MODELS):
+    return {"merge_method": method, "base_model": "org/base",
+            "models": [{"model": m, "parameters": {"density": 0.1}} for m in models],
+            "parameters": {"block_size": 16}}
+
+
+def test_models_merged_lists_the_models_in_the_configs_order():
+    card = card_in_process(hub_config())
+    listed = card.split("### Models Merged")[1].split("###")[0]
+    bullets = [line for line in listed.split("\n") if line.startswith("* ")]
+    assert bullets == [f"* [{m}](https://huggingface.co/{m})" for m in HUB_MODELS]
+
+
+def test_the_front_matter_lists_the_base_then_the_models_in_the_configs_order():
+    card = ModelCard(card_in_process(hub_config()))
+    assert card.data.base_model == ["org/base", *HUB_MODELS]
+
+
+def test_the_conflict_aware_order_is_stated_first_to_last():
+    text = card_in_process(hub_config())
+    assert "pruned first to last: " + ", ".join(f"`{m}`" for m in HUB_MODELS) + " (the order" in text
+
+
+def test_a_method_without_conflict_aware_pruning_states_no_order():
+    text = card_in_process(hub_config("nm_linear", HUB_MODELS[:2]))
+    assert "pruned first to last" not in text
+    assert "independently for each model" in text
 
 
 def test_dare_variant_cites_dare_and_states_rescale():

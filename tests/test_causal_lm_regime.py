@@ -133,6 +133,7 @@ def test_the_cached_prefix_training_loss_and_gradient_equal_whole_sequences():
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_one_seed_of_the_causal_lm_regime_end_to_end(tmp_path):
     from benchmarks.quality.causal_lm.pipeline import LMSeedSettings, SeedInputs, added_search_rows, run_seed
     from benchmarks.quality.causal_lm.report import write_outputs

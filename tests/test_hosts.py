@@ -8,11 +8,9 @@ file per merge: xdist workers never share one);
 """
 
 import hashlib
+import importlib.util
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from importlib.metadata import version
 from pathlib import Path
 
@@ -21,13 +19,18 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import HOST, run_host_yaml, run_host_yaml_in_process, write_config
+import reference
+from conftest import HOST, run_host_yaml, run_host_yaml_in_process, run_python, write_config
+from mergekit_cabs.kernels import random_scores, tensor_seed
 from mergekit_cabs.methods import METHOD_TABLE
 from mergekit_cabs.tiny_models import build_tiny_family, load_state, save_tiny_tokenizer, tiny_llama_config
 from test_bad_inputs import BAD, assert_nothing_written, odd_models  # noqa: F401 - a fixture
-from test_mergekit_yaml import DENSITIES, SEED, WEIGHTS, reference_state
 
 pytestmark = pytest.mark.host
+
+SEED = 1234
+WEIGHTS = [1.2, 0.9, 1.1]
+DENSITIES = [0.25, 0.3, 0.4]
 
 NAMES = sorted(info.name for info in METHOD_TABLE)
 OLD_API = not hasattr(__import__(f"{HOST}.merge_methods.base", fromlist=["base"]), "GroupMergeMethod")
@@ -81,6 +84,23 @@ def record_hashes(section, key, hashes):
     path.write_text(json.dumps(hashes, indent=1, sort_keys=True))
 
 
+def reference_state(info, base, tuned, block_size, lam=1.0, normalize=False):
+    """The merge of state dicts by ``tests/reference.py`` (DARE's scores as the merge draws
+    them with ``--random-seed SEED``)."""
+    out = {}
+    for name, b in base.items():
+        ts = [t[name] for t in tuned]
+        scores = None
+        if info.recipe.sparsifier.value == "random":
+            scores = [random_scores(b.shape, tensor_seed(SEED, name, i), b.device).reshape(-1).tolist()
+                      for i in range(len(ts))]
+        out[name] = reference.merge(
+            b, ts, WEIGHTS, DENSITIES, sparsifier=info.recipe.sparsifier.value,
+            conflict_aware=info.recipe.conflict_aware, combine=info.recipe.combine.value,
+            block_size=block_size, lam=lam, normalize=normalize, scores=scores)
+    return out
+
+
 def method_config(info, base, models):
     shared = {"lambda": 0.9, "normalize": info.combine.value == "ties"}
     if info.sparsifier.has_blocks:
@@ -91,11 +111,13 @@ def method_config(info, base, models):
 
 @pytest.mark.parametrize("info", METHOD_TABLE, ids=lambda i: i.name)
 def test_host_yaml_merge_equals_the_reference_and_records_its_bytes(info, host_family, tmp_path):
+    # The host's command in this process: a fresh interpreter per method would add ~7 s of
+    # imports each and test nothing more (the plain command's discovery: the tests below).
     base, models = host_family
     shared, params = method_config(info, base, models)
     write_config(tmp_path / "c.yml", info.name, base, models, params, shared)
-    result = run_host_yaml(tmp_path / "c.yml", tmp_path / "out", "--random-seed", str(SEED))
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, error = run_host_yaml_in_process(tmp_path / "c.yml", tmp_path / "out", "--random-seed", str(SEED))
+    assert code == 0, error[-3000:]
     merged = load_state(tmp_path / "out")
     inputs = [load_state(p) for p in (base, *models)]
     want = reference_state(info, inputs[0], inputs[1:], block_size=16, lam=0.9,
@@ -119,44 +141,55 @@ def test_host_yaml_writes_our_card(host_family, tmp_path):
     assert "@inproceedings{yadav2023ties," in card
 
 
-def run_python(code, env=None):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-                          timeout=300)
 
-
-# Our names as the host's registry lists them, printed last.
+# Our names as the host's registry lists them, then whether every host object our adapter
+# replaces is our wrapper (registration bound each name, whatever was imported first).
 NAMES_PROBE = f"""
 from {HOST} import merge_methods
+import {HOST}.plan, {HOST}.merge, {HOST}.config
 registry = getattr(merge_methods, "REGISTERED_MERGE_METHODS", None)
 names = list(registry) if registry is not None else [m.spec.name for m in merge_methods.registered_methods()]
 print(sorted(n for n in names if n in {NAMES!r}))
+replaced = [{HOST}.merge.generate_card, {HOST}.config.MergeConfiguration.referenced_models,
+            {HOST}.plan.MergePlanner.plan_tensor, getattr({HOST}.plan, "resolve_parameters", None)]
+print(all(getattr(f, "__mergekit_cabs__", False) for f in replaced if f is not None))
 """
 
+# Each module of the host a user's code may import first (those this host has).
+FIRST_IMPORTS = [m for m in ("plan", "merge", "config", "card", "merge_methods.base", "scripts.run_yaml",
+                             "parameter_resolver", "scripts.multimerge")
+                 if importlib.util.find_spec(f"{HOST}.{m}") is not None]
 
-@pytest.mark.parametrize("first", [
-    "importlib.util.find_spec('{host}.merge_methods')", "{host}.plan", "{host}.merge",
-    "{host}.config", "{host}.card", "{host}.merge_methods.base", "{host}.scripts.run_yaml",
-])
-def test_importing_a_host_module_first_still_registers(first):
-    statement = (f"import importlib.util\n{first.format(host=HOST)}" if "(" in first
-                 else f"import {first.format(host=HOST)}")
-    result = run_python(statement + "\n" + NAMES_PROBE)
+
+def assert_registered_and_installed(result):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "failed to load" not in result.stderr, result.stderr[-3000:]
-    assert result.stdout.strip().split("\n")[-1] == str(NAMES)
+    assert result.stdout.strip().split("\n")[-2:] == [str(NAMES), "True"]
+
+
+def test_a_find_spec_probe_before_the_import_still_registers():
+    assert_registered_and_installed(run_python(
+        f"import importlib.util\nimportlib.util.find_spec('{HOST}.merge_methods')\n" + NAMES_PROBE))
+
+
+@pytest.mark.parametrize("first", FIRST_IMPORTS)
+def test_importing_a_host_module_first_still_registers(first):
+    # mergekit.parameter_resolver first used to import merge_methods half-way through
+    # itself: the plugin then met a partially initialized module.
+    assert_registered_and_installed(run_python(f"import {HOST}.{first}\n" + NAMES_PROBE))
 
 
 def test_without_the_hook_the_host_does_not_know_cabs():
     result = run_python(NAMES_PROBE, env={"MERGEKIT_CABS_NO_HOOK": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.strip().split("\n")[0] == "[]"
 
 
 def test_import_mergekit_cabs_first_registers_once_the_host_loads():
-    result = run_python("import mergekit_cabs\n" + NAMES_PROBE, env={"MERGEKIT_CABS_NO_HOOK": "1"})
+    result = run_python(f"import sys, mergekit_cabs\nprint({HOST!r} in sys.modules)\n" + NAMES_PROBE,
+                        env={"MERGEKIT_CABS_NO_HOOK": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().split("\n")[-1] == str(NAMES)
+    assert result.stdout.strip().split("\n") == ["False", str(NAMES), "True"]
 
 
 def test_host_python_api_merges_as_its_command(host_family, tmp_path):
@@ -171,8 +204,11 @@ def test_host_python_api_merges_as_its_command(host_family, tmp_path):
         text = open({str(tmp_path / "c.yml")!r}).read()
         run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), {str(tmp_path / "api")!r},
                   options=MergeOptions(copy_tokenizer=False), config_source=text)
+        import sys
+        print("mergekit_cabs" in sys.modules)
     """)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "True"  # loaded by the hook, not by the script
     cli = run_host_yaml(tmp_path / "c.yml", tmp_path / "cli")
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert load_state(tmp_path / "api").keys() == load_state(tmp_path / "cli").keys()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import run_mergekit_yaml, write_config
+from conftest import run_mergekit_yaml_in_process, write_config
 from mergekit_cabs.cli import main
-from mergekit_cabs.diagnostics import inspect_config, write_figures
+from mergekit_cabs.diagnostics import format_table, inspect_config, write_figures
 from mergekit_cabs.kernels import Recipe, magnitude_mask, task_masks, tensor_seed
 from mergekit_cabs.methods import METHODS_BY_NAME
 from mergekit_cabs.tiny_models import load_state
@@ -173,6 +173,30 @@ def test_inspect_command_prints_table_and_writes_report_and_figures(cabs_config,
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
 
+def test_the_table_explains_its_no_ca_and_lost_columns(cabs_report):
+    table = format_table(cabs_report)
+    assert "no-CA    lost" in table
+    assert ("(no-CA = kept energy share of the same pruning without conflict-aware masking; "
+            "lost = no-CA - energy, what a model gave up to the models pruned before it)") in table
+
+
+def test_inspecting_a_config_with_a_dtype_prints_no_deprecation(cabs_config, tmp_path):
+    import logging
+
+    assert "dtype: float32" in cabs_config.read_text()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    transformers_log = logging.getLogger("transformers")  # its own handler, no propagation
+    transformers_log.addHandler(handler)
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process
+    try:
+        inspect_config(cabs_config, tmp_path, random_seed=SEED, progress=False)
+    finally:
+        transformers_log.removeHandler(handler)
+    assert not [r for r in records if "torch_dtype" in r.getMessage()]
+
+
 def test_figures_are_skipped_without_matplotlib(cabs_report, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now fails
     assert write_figures(cabs_report, tmp_path) is None
@@ -183,7 +207,7 @@ def test_inspect_rejects_a_method_that_is_not_ours(tiny_family, tmp_path):
     base, models = tiny_family
     write_config(tmp_path / "ta.yml", "task_arithmetic", base, models, [{"weight": 1.0}] * 3)
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "ta.yml"), "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "merge_method 'task_arithmetic' is not one of this package's methods" in result.output
 
 
@@ -193,8 +217,8 @@ def test_dare_masks_are_the_merges_given_its_random_seed(tiny_family, tmp_path):
     base, models = tiny_family
     write_config(tmp_path / "dare.yml", "ca_dare_linear", base, models,
                  [{"density": d} for d in DENSITIES])
-    merge = run_mergekit_yaml(tmp_path / "dare.yml", tmp_path / "merged", "--random-seed", str(SEED))
-    assert merge.returncode == 0, merge.stderr[-3000:]
+    code, error = run_mergekit_yaml_in_process(tmp_path / "dare.yml", tmp_path / "merged", "--random-seed", str(SEED))
+    assert code == 0, error[-3000:]
     report = inspect_config(tmp_path / "dare.yml", tmp_path, random_seed=SEED, progress=False)
     merged, base_state = load_state(tmp_path / "merged"), load_state(base)
     moved = sum(int((merged[n] != base_state[n]).sum()) for n in base_state)

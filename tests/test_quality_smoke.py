@@ -53,6 +53,7 @@ def tiny_bert():
     return BertModel(config)
 
 
+@pytest.mark.benchmark
 def test_one_seed_end_to_end(tiny_bert, tmp_path):
     tasks = [synthetic_task("alpha", 7, 1), synthetic_task("beta", 11, 2)]
     runs = [MethodRun("cabs", 0.25, 16)]
@@ -94,6 +95,7 @@ def test_one_seed_end_to_end(tiny_bert, tmp_path):
 
 
 @pytest.mark.slow  # ~7 MergeKit processes: about 1-2 minutes on 2 shared cores
+@pytest.mark.benchmark
 def test_ancestry_regime_end_to_end(tiny_bert, tmp_path):
     tasks = [synthetic_task("alpha", 7, 1), synthetic_task("beta", 11, 2)]
     runs = [MethodRun("nm_linear", 0.25, 16), MethodRun("cabs", 0.25, 16)]

@@ -40,3 +40,10 @@ def test_readme_cites_the_paper_as_the_model_card_does():
 def test_ci_lints_with_ruff():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "\nruff check .\n" in ci
+
+
+def test_ci_runs_the_benchmark_tier_that_the_readme_command_leaves_out():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "-m 'not benchmark'" in pyproject.split("addopts = ", 1)[1].split("\n", 1)[0]
+    assert "\npython -m pytest -q -n auto -m benchmark\n" in ci

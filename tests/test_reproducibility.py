@@ -6,38 +6,57 @@ import hashlib
 import pytest
 import torch
 
-from conftest import run_mergekit_yaml, write_config
+from conftest import once_per_run, run_mergekit_yaml_in_process, run_python, write_config
 from mergekit_cabs import methods
 from mergekit_cabs.tiny_models import load_state
 
 PARAMS = [{"weight": 1.2, "density": 0.25}, {"weight": 0.9, "density": 0.3}, {"weight": 1.1, "density": 0.4}]
 
 
-def merged_bytes(tmp_path, name, method, tiny_family, *flags, env=None, params=PARAMS, shared=None):
+def digest(folder):
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def write_method_config(tmp_path, method, tiny_family, params=PARAMS, shared=None):
     base, models = tiny_family
-    config = tmp_path / f"{name}.yml"
-    write_config(config, method, base, models[: len(params)], params, shared)
-    result = run_mergekit_yaml(config, tmp_path / name, *flags, env=env)
+    write_config(tmp_path / f"{method}.yml", method, base, models[: len(params)], params, shared)
+    return tmp_path / f"{method}.yml"
+
+
+def hash_here(config, out, *flags):
+    """The merge's hash, merged by MergeKit's command in this interpreter."""
+    code, error = run_mergekit_yaml_in_process(config, out, *flags)
+    assert code == 0, error[-2000:]
+    return digest(out)
+
+
+def hashes_in_a_fresh_interpreter(config, runs):
+    """{name: hash} for ``runs`` ([(name, mergekit-yaml flags)]), merged one after another in
+    one fresh interpreter (flags such as --num-threads stay set)."""
+    result = run_python(MERGE_ALL.format(runs=[[str(config), str(config.parent / name), *flags]
+                                               for name, flags in runs]))
     assert result.returncode == 0, result.stderr[-2000:]
-    return hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest()
+    return {name: digest(config.parent / name) for name, _ in runs}
 
 
+# Each test merges in this interpreter and in a fresh one: a result that hung on hash order
+# (a set's, as in MergeKit's lists of models) would differ between the two.
 @pytest.mark.slow
 def test_cabs_gives_the_same_bytes_twice_and_on_one_thread(tiny_family, tmp_path):
-    shared = {"block_size": 16}
-    first = merged_bytes(tmp_path, "a", "cabs_ties", tiny_family, shared=shared)
-    assert merged_bytes(tmp_path, "b", "cabs_ties", tiny_family, shared=shared) == first
-    assert merged_bytes(tmp_path, "c", "cabs_ties", tiny_family, "--num-threads", "1",
-                        shared=shared) == first
+    config = write_method_config(tmp_path, "cabs_ties", tiny_family, shared={"block_size": 16})
+    first = hash_here(config, tmp_path / "a")
+    again = hashes_in_a_fresh_interpreter(config, [("b", []), ("c", ["--num-threads", "1"])])
+    assert again == {"b": first, "c": first}
 
 
 @pytest.mark.slow
 def test_dare_variant_is_reproducible_by_random_seed_at_any_thread_count(tiny_family, tmp_path):
-    seeded = ("--random-seed", "7")
-    first = merged_bytes(tmp_path, "a", "ca_dare_ties", tiny_family, *seeded)
-    assert merged_bytes(tmp_path, "b", "ca_dare_ties", tiny_family, *seeded,
-                        "--num-threads", "1") == first
-    assert merged_bytes(tmp_path, "c", "ca_dare_ties", tiny_family, "--random-seed", "8") != first
+    config = write_method_config(tmp_path, "ca_dare_ties", tiny_family)
+    first = hash_here(config, tmp_path / "a", "--random-seed", "7")
+    again = hashes_in_a_fresh_interpreter(config, [("b", ["--random-seed", "7", "--num-threads", "1"]),
+                                                   ("c", ["--random-seed", "8"])])
+    assert again["b"] == first
+    assert again["c"] != first
 
 
 @pytest.mark.parametrize("chunk_elements", [16, 48, 1 << 22])
@@ -56,25 +75,52 @@ def test_chunk_size_does_not_change_the_merge(chunk_elements, monkeypatch):
     assert torch.equal(chunked.view(torch.int16), whole.view(torch.int16))
 
 
+
 BUILT_INS = {
     "task_arithmetic": ([{"weight": 0.7}, {"weight": 0.5}], None, ()),
     "ties": ([{"weight": 0.7, "density": 0.5}, {"weight": 0.5, "density": 0.3}], None, ()),
+    "slerp": ([None, None], {"t": 0.3}, ()),
+    # Last: `--num-threads 1` stays set in the process that runs the merges one after another.
     "dare_ties": ([{"weight": 0.7, "density": 0.5}, {"weight": 0.5, "density": 0.3}], None,
                   ("--random-seed", "3", "--num-threads", "1")),
-    "slerp": ([None, None], {"t": 0.3}, ()),
 }
+
+# MergeKit's own command for every config, one after another in one fresh interpreter (a
+# process per merge would add ~7 s of imports each): run_merge sets --random-seed itself.
+MERGE_ALL = """
+import sys
+from mergekit.scripts.run_yaml import main
+for args in {runs!r}:
+    main(args=[*args, "--no-copy-tokenizer", "--quiet"], standalone_mode=False)
+print("mergekit_cabs" in sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def builtin_merges(tiny_family, tmp_path_factory):
+    """{(method, "with" | "without" the plugin): output folder} of MergeKit's own methods."""
+    base, models = tiny_family
+    outputs = {(method, plugin): f"{method}-{plugin}" for method in BUILT_INS for plugin in ("with", "without")}
+
+    def merge_all(root):
+        for plugin, env in (("with", {}), ("without", {"MERGEKIT_CABS_NO_HOOK": "1"})):
+            runs = []
+            for method, (params, shared, flags) in BUILT_INS.items():
+                tuned = [base, models[0]] if method == "slerp" else models  # slerp: the base and one other
+                write_config(root / f"{method}.yml", method, base, tuned[: len(params)], params, shared)
+                runs.append([str(root / f"{method}.yml"), str(root / outputs[method, plugin]), *flags])
+            result = run_python(MERGE_ALL.format(runs=runs), env=env)
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert result.stdout.strip() == str(plugin == "with")
+        return {}
+
+    root, _ = once_per_run(tmp_path_factory, "builtin-merges", merge_all)
+    return {key: root / name for key, name in outputs.items()}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(BUILT_INS))
-def test_builtin_method_gives_the_same_bytes_with_and_without_the_plugin(method, tiny_family, tmp_path):
-    params, shared, flags = BUILT_INS[method]
-    base, models = tiny_family
-    if method == "slerp":  # slerp takes the base plus exactly one other model
-        tiny_family = (base, [base, models[0]])
-    with_plugin = merged_bytes(tmp_path, "with", method, tiny_family, *flags, params=params,
-                               shared=shared)
-    without = merged_bytes(tmp_path, "without", method, tiny_family, *flags, params=params,
-                           shared=shared, env={"MERGEKIT_CABS_NO_HOOK": "1"})
-    assert with_plugin == without
-    assert load_state(tmp_path / "with").keys() == load_state(base).keys()
+def test_builtin_method_gives_the_same_bytes_with_and_without_the_plugin(method, builtin_merges, tiny_family):
+    with_plugin, without = builtin_merges[method, "with"], builtin_merges[method, "without"]
+    assert (with_plugin / "model.safetensors").read_bytes() == (without / "model.safetensors").read_bytes()
+    assert load_state(with_plugin).keys() == load_state(tiny_family[0]).keys()

@@ -4,6 +4,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_the_search_cost_benchmark_runs_with_smoke(tmp_path):
     from benchmarks.search_cost.run import main
 
@@ -14,6 +15,7 @@ def test_the_search_cost_benchmark_runs_with_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_the_search_cost_benchmark_measures_given_checkpoints_and_calibration_files(tmp_path):
     import json
 

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 SPEED = Path(speed_run.__file__).parent
 
 
+@pytest.mark.benchmark
 def test_speed_benchmark_runs_mergekit_yaml_and_writes_results(tmp_path):
     out = tmp_path / "out"
     speed_run.main(["--small", "--layers", "2", "--repeats", "1", "--focus-repeats", "1", "--skip-startup",

@@ -16,7 +16,9 @@ would retire it, is listed in ``docs/mergekit-integration.md``:
    ``mergekit.plan``): checks that span parameters, unknown keys, ``block_size`` rules;
 2. optional weights with aliases (``mergekit.plan.MergePlanner.plan_tensor``): BERT-family
    models plan at all;
-3. the model card (``mergekit.merge.generate_card``, bound from ``mergekit.card``).
+3. the model card (``mergekit.merge.generate_card``, bound from ``mergekit.card``);
+4. the model-path check (``mergekit.config.MergeConfiguration.referenced_models``, what
+   ``run_merge`` asks first): a missing local folder is named before MergeKit reads a model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mergekit_cabs.hosts.guards import (
     require_host_object,
     require_same_binding,
 )
+from mergekit_cabs.hosts.model_paths import paths_checked
 from mergekit_cabs.methods import (
     CABS_URL,
     METHOD_TABLE,
@@ -55,6 +58,7 @@ _RESOLVE_PARAMETERS = ("spec", "tensor_name", "inputs", "sources", "base_model",
 _PLAN_TENSOR = ("self", "weight", "weights_in", "models", "cfg_reader")
 _GENERATE_CARD = ("config", "config_yaml", "name")
 _IS_HF = ("path",)
+_REFERENCED_MODELS = ("self",)
 
 _installed = False
 
@@ -256,6 +260,7 @@ def install_changes() -> None:
     if _installed:
         return
     import mergekit.card as card
+    import mergekit.config as config
     import mergekit.merge as merge
     import mergekit.merge_methods.base as methods_base
     import mergekit.parameter_resolver as resolver
@@ -279,8 +284,11 @@ def install_changes() -> None:
     require(card.generate_card, "mergekit.card", _GENERATE_CARD, card_purpose)
     same(merge.generate_card, card.generate_card, "mergekit.merge.generate_card", card_purpose)
     require(card.is_hf, "mergekit.card", _IS_HF, card_purpose)
+    require(config.MergeConfiguration.referenced_models, "mergekit.config", _REFERENCED_MODELS,
+            "checking the model paths of mergekit-cabs's merges before MergeKit reads them")
     per_model_scope(methods_base)
 
+    config.MergeConfiguration.referenced_models = paths_checked(config.MergeConfiguration.referenced_models)
     checked = planning_checked(resolver.resolve_parameters)
     resolver.resolve_parameters = plan.resolve_parameters = checked
     plan.MergePlanner.plan_tensor = plan_tensor_with_concatenable_aliases(plan.MergePlanner.plan_tensor)

@@ -14,7 +14,9 @@ messages); the merge order (the order of ``models:``) comes from the planner's
 1. planning checks (``<host>.plan.MergePlanner.plan_tensor``): unknown keys, shared keys
    set per model, ``block_size`` rules, base and model list; it passes the models' order
    to ``make_task``;
-2. the model card (``<host>.merge.generate_card``, bound from ``<host>.card``).
+2. the model card (``<host>.merge.generate_card``, bound from ``<host>.card``);
+3. the model-path check (``<host>.config.MergeConfiguration.referenced_models``, what
+   ``run_merge`` asks first): a missing local folder is named before the host reads a model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mergekit_cabs.hosts.guards import (
     require_host_object,
     require_same_binding,
 )
+from mergekit_cabs.hosts.model_paths import paths_checked
 from mergekit_cabs.methods import (
     CABS_URL,
     METHOD_TABLE,
@@ -52,6 +55,7 @@ _PLAN_TENSOR = ("self", "weight", "weights_in", "models", "cfg_reader")
 _MAKE_TASK = ("self", "output_weight", "tensors", "parameters", "tensor_parameters", "base_model")
 _GENERATE_CARD = ("config", "config_yaml", "name")
 _IS_HF = ("path",)
+_REFERENCED_MODELS = ("self",)
 
 # (models in merge order, base model) of the tensor the host's planner is planning now.
 _planning: contextvars.ContextVar = contextvars.ContextVar("mergekit_cabs_planning")
@@ -239,13 +243,15 @@ def require_old_api(host: OldApiHost) -> None:
     require_same_binding(merge.generate_card, card.generate_card, f"{host.package}.merge.generate_card",
                          card_purpose, host.package, host.supported)
     require(card.is_hf, f"{host.package}.card", _IS_HF, card_purpose)
+    require(host.module("config").MergeConfiguration.referenced_models, f"{host.package}.config",
+            _REFERENCED_MODELS, "checking the model paths of mergekit-cabs's merges before the host reads them")
 
 
 _installed: set = set()
 
 
 def install_changes(host: OldApiHost) -> None:
-    """Check, then install this adapter's two changes in ``host`` (idempotent)."""
+    """Check, then install this adapter's three changes in ``host`` (idempotent)."""
     if host in _installed:
         return
     from mergekit_cabs.card import card_with_our_sections
@@ -253,6 +259,8 @@ def install_changes(host: OldApiHost) -> None:
     require_old_api(host)
     plan, card, merge = host.module("plan"), host.module("card"), host.module("merge")
     plan.MergePlanner.plan_tensor = planning_checked(plan.MergePlanner.plan_tensor)
+    configuration = host.module("config").MergeConfiguration
+    configuration.referenced_models = paths_checked(configuration.referenced_models)
     merge.generate_card = card_with_our_sections(card.generate_card, card,
                                                  functools.partial(slice_sources, host))
     _installed.add(host)

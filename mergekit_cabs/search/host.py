@@ -64,6 +64,7 @@ def read_search_config(path: Union[str, Path]) -> SearchConfig:
     from mergekit.config import MergeConfiguration
 
     from mergekit_cabs import register_all
+    from mergekit_cabs.hosts.model_paths import check_config_paths
 
     path = Path(path)
     if not path.is_file():
@@ -76,6 +77,7 @@ def read_search_config(path: Union[str, Path]) -> SearchConfig:
     except ValueError as error:
         raise SearchInputError(f"{path}: not a valid mergekit-yaml config: {error}") from None
     check_config_shape(path, config)
+    check_config_paths(config)  # before the base's tokenizer loads: a missing folder by name
     base = config.base_model
     indices = tuple(i for i, m in enumerate(config.models) if m.model != base)
     for index in indices:
