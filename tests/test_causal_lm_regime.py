@@ -154,18 +154,22 @@ def test_one_seed_of_the_causal_lm_regime_end_to_end(tmp_path):
     inputs = SeedInputs(str(base.resolve()), make_model, tokenizer, raw, [encode_task(tokenizer, t) for t in raw],
                         general, tmp_path / "finetunes")
     runs = [MethodRun("task_arithmetic", None), MethodRun("ties", 0.5), MethodRun("magnitude_linear", 0.5),
-            MethodRun("nm_linear", 0.5, 8), MethodRun("cabs", 0.5, 8)]
+            MethodRun("nm_linear", 0.5, 8), MethodRun("cabs", 0.5, 8), MethodRun("cabs", 0.5, 8, (("rescale", "l1"),))]
     settings = LMSeedSettings(fine_tune=FineTuneSettings(steps=4, batch_size=4, lr=1e-2, warmup_steps=1),
-                              densities=(0.5,), block_size=8, search=("cabs@0.5",), search_evaluations=7,
-                              calibration_texts=4, weight_one=("cabs@0.5",), initial_exponents=(0,),
-                              verify=("cabs@0.5",))
+                              densities=(0.5,), block_size=8, search=(("cabs@0.5", "search"),), search_evaluations=12,
+                              calibration_texts=4, weight_one=("cabs@0.5", "cabs[rescale=l1]@0.5"),
+                              initial_exponents=(0,), verify=("cabs@0.5",), proxy=("cabs@0.5",))
     record = run_seed(inputs, settings, 0, tmp_path / "seed0", runs, log=lambda _: None)
     methods = record["methods"]
-    assert set(methods) == {r.label for r in runs} | {"cabs@0.5 [weight 1]", "cabs@0.5 [search]"}
+    assert set(methods) == {r.label for r in runs} | {"cabs@0.5 [weight 1]", "cabs[rescale=l1]@0.5 [weight 1]",
+                                                      "cabs@0.5 [search]"}
     assert methods["cabs@0.5"]["rescale_max_abs_diff"] < 1e-5  # mergekit-yaml at the chosen weight
     search = methods["cabs@0.5 [search]"]
-    assert search["search"]["evaluations"] == 7 and len(search["weights"]) == 2
-    assert all(0.1 <= w <= 2.0 for w in search["weights"].values())
+    assert 10 <= search["search"]["evaluations"] <= 12 and len(search["weights"]) == 2
+    assert [t[0] for t in search["search"]["trace"]][:2] == ["start", "shared"]
+    assert all(1 / 16 <= w <= 16 for w in search["weights"].values())
+    proxy = methods["cabs@0.5"]["grid_extras"]  # the search's loss at every grid point
+    assert set(proxy) == set(methods["cabs@0.5"]["val_curve"]) and len(proxy["1"]["calibration_losses"]) == 2
     assert set(record["descendants"]) == {"colour", "yesno"} and record["base_with_heads"]["general_ppl"] > 1
     assert "nm_linear@0.5" in record["inspect"] and "cabs@0.5" in record["inspect"]
     # A second run finds the fine-tunes in the cache and trains nothing.
@@ -174,28 +178,32 @@ def test_one_seed_of_the_causal_lm_regime_end_to_end(tmp_path):
             "settings": {"preset": {"sizes": {"train": 24, "val": 8, "test": 8}}}}
     out = tmp_path / "results"
     out.mkdir()
-    added, provenance = added_search_rows(inputs, settings, record, tmp_path / "seed0-answer", runs,
-                                          "search, answer loss", log=lambda _: None)
-    assert set(added) == {"cabs@0.5 [search, answer loss]"} and provenance == {"max_norm_drift": 0.0}
-    assert added["cabs@0.5 [search, answer loss]"]["search"]["loss"] == "answer tokens"
-    lines = (tmp_path / "seed0-answer" / "calibration-answer" / "colour.jsonl").read_text().splitlines()
+    added, provenance = added_search_rows(inputs, settings, record, tmp_path / "seed0-paper", runs,
+                                          "search, cabs-plus", log=lambda _: None)
+    assert set(added) == {"cabs@0.5 [search, cabs-plus]"} and provenance == {"max_norm_drift": 0.0}
+    paper = added["cabs@0.5 [search, cabs-plus]"]
+    assert paper["search"]["settings"]["fitness"] == "cabs-plus" and paper["search"]["settings"]["loss"] == "nll"
+    assert all(0.1 <= w <= 2.0 for w in paper["weights"].values())
+    lines = (tmp_path / "seed0-paper" / "calibration" / "colour.jsonl").read_text().splitlines()
     assert all(set(json.loads(line)) == {"prompt", "completion"} for line in lines)
     record["methods"].update(added)
     write_outputs(out, {"meta": meta, "seeds": [record]})
     text = (out / "results.md").read_text()
     assert "cabs@0.5 [search]" in text and "| cabs@0.5 | task_arithmetic |" in text
-    assert "| cabs@0.5 [search, answer loss] | cabs@0.5 [search] |" in text
+    assert "| cabs@0.5 [search, cabs-plus] | cabs@0.5 [search] |" in text
+    assert "| cabs[rescale=l1]@0.5 [weight 1] | cabs@0.5 [weight 1] |" in text
+    assert "## Does the calibration loss rank the weights" in text and (out / "search_traces.png").is_file()
     with pytest.raises(RuntimeError, match="task-vector norms"):
         altered = {**record, "task_vector_norms": {k: v + 1 for k, v in record["task_vector_norms"].items()}}
-        added_search_rows(inputs, settings, altered, tmp_path / "seed0-answer", runs, "search, answer loss")
+        added_search_rows(inputs, settings, altered, tmp_path / "seed0-paper", runs, "search, cabs-plus")
     nudged = {**record, "task_vector_norms": {k: v * (1 + 1e-5) for k, v in record["task_vector_norms"].items()}}
-    _, provenance = added_search_rows(inputs, replace(settings, search=()), nudged, tmp_path / "seed0-answer", runs,
-                                      "search, answer loss", log=lambda _: None, tolerance=1e-4)
+    _, provenance = added_search_rows(inputs, replace(settings, search=()), nudged, tmp_path / "seed0-paper", runs,
+                                      "search, cabs-plus", log=lambda _: None, tolerance=1e-4)
     again = provenance["reproduced"]["cabs@0.5 [weight 1]"]  # the same fine-tunes: the same verdicts
     assert provenance["max_norm_drift"] > 0 and again["changed_prompts"] == 0
     assert again["mean"] == again["recorded_mean"] and again["prompts"] > 0
     assert json.loads((out / "results.json").read_text())["summary"]["focus"]
-    untuned = replace(settings, search=(), weight_one=(), verify=(), inspect=False)
+    untuned = replace(settings, search=(), weight_one=(), verify=(), inspect=False, proxy=())
     run_seed(inputs, untuned, 0, tmp_path / "seed0", runs[:1], log=lambda _: None)
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "finetunes").glob("*/fine_tune.json")) == marks
 

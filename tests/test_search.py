@@ -146,7 +146,7 @@ def test_an_assembled_candidate_is_bit_for_bit_the_mergekit_merge(family, tmp_pa
     config = write_search_config(tmp_path / "c.yml", method, *family, density=density, shared=shared)
     search = host.read_search_config(config)
     candidate = CandidateModel.prepare(search, random_seed=seed)
-    for vector in ([0.37, 1.61], [1.9, 0.1]):
+    for vector in ([0.37, 1.61], [1.9, 0.1], [-0.6, -1.3]):  # negative: every dropped entry a -0
         scales = candidate.scales(False)
         candidate.assemble(candidate.tensor_weights(scales, vector))
         reference = merged_state(host.merge_config_text(search, vector), tmp_path / f"m{vector[0]}", seed)

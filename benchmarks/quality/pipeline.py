@@ -19,6 +19,7 @@ import yaml
 
 from mergekit_cabs.output_dir import owned_output_dir
 from mergekit_cabs.search import PAPER_SEARCH, SearchResult, SearchSettings, search_weights, write_outputs
+from mergekit_cabs.search.api import DEFAULT_LOSS
 
 from ..merge_outputs import remove_output
 from .merging import (
@@ -85,6 +86,7 @@ class SeedSettings:
     # also finds (from weight 1, on the heads' validation loss), merged by mergekit-yaml, scored.
     search: tuple[tuple[str, str], ...] = ()
     search_evaluations: int = 41
+    weight_one: tuple[str, ...] = ()  # labels whose merge at weight 1 is also scored on test
 
 
 class Timer:
@@ -110,6 +112,7 @@ class SeedContext:
     body: torch.nn.Module
     heads: dict
     timer: Timer = field(default_factory=Timer)
+    weight_one: dict = field(default_factory=dict)  # label -> its weight-1 row (run_method)
 
     def evaluate_state(self, state: dict, split: str,
                        tasks: Optional[Sequence[EncodedTask]] = None) -> dict[str, torch.Tensor]:
@@ -254,10 +257,23 @@ def normalized_mean(scores: dict, reference: dict) -> float:
     return mean(scores[t] / reference[t] for t in scores)
 
 
+def weight_one_row(ctx: SeedContext, run: MethodRun, unit: dict, individual: dict) -> dict:
+    """The merge at weight 1 (what ``mergekit-yaml`` writes for the config a user writes
+    untuned), scored on test."""
+    row = {"method": run.method, "density": run.density, "block_size": run.block_size,
+           "options": dict(run.options), "scale": 1.0}
+    row.update(score_row(ctx.evaluate_state(unit, "test"), individual))
+    return {**row, **ctx.extra_test_scores(unit)}
+
+
 def run_method(ctx: SeedContext, run: MethodRun, unit_merge: Path, settings: SeedSettings,
                individual: dict) -> dict:
     """Search the scale on validation from the merge at scale 1, score the chosen scale on test."""
-    delta = merged_delta(ctx.take(unit_merge), ctx.base_state)
+    unit = ctx.take(unit_merge)
+    delta = merged_delta(unit, ctx.base_state)
+    if run.label in settings.weight_one:
+        ctx.weight_one[run.label] = weight_one_row(ctx, run, unit, individual)
+    del unit
     extras: dict = {}
 
     def score(s: float) -> float:
@@ -324,7 +340,7 @@ def search_trace(result: SearchResult) -> list[list]:
 # The first stage runs on a quarter of each validation split, at a quarter of the cost.
 SEARCH_VARIANTS = {
     "search": {},
-    "search, cabs-plus": PAPER_SEARCH,
+    "search, cabs-plus": {**PAPER_SEARCH, "loss": "nll"},
     "search, layer groups": {"layer_groups": True},
     "search, patience 2": {"patience": 2},
     "search, first stage": {"first_stage_evaluations": 17},
@@ -336,11 +352,13 @@ def head_search(ctx: SeedContext, settings: SeedSettings, variant: str) -> Searc
     validation split, the resident model a ``BertModel`` (the heads are not merged)."""
     from transformers import AutoModel
 
+    options = dict(SEARCH_VARIANTS[variant])
+    kind = options.pop("loss", DEFAULT_LOSS)
+
     def losses(fraction: float) -> list:
         splits = {t.name: split_prefix(t.val, fraction) for t in ctx.tasks}
-        return [lambda body, name=t.name: head_loss(body, ctx.heads[name], splits[name]) for t in ctx.tasks]
+        return [lambda body, name=t.name: head_loss(body, ctx.heads[name], splits[name], kind) for t in ctx.tasks]
 
-    options = SEARCH_VARIANTS[variant]
     search_settings = SearchSettings(evaluations=settings.search_evaluations, seed=ctx.seed, random_seed=ctx.seed,
                                      **options)
 
@@ -363,6 +381,7 @@ def run_methods(ctx: SeedContext, runs: Sequence[MethodRun], settings: SeedSetti
     for run in runs:
         rows[run.label] = row = run_method(ctx, run, unit_merges[run.label], settings, individual)
         log(f"seed {ctx.seed}: {run.label:34s} scale {row['scale']:.3g}  test mean {row['mean']:.4f}")
+    rows.update({f"{label} [weight 1]": row for label, row in ctx.weight_one.items()})
     return rows
 
 

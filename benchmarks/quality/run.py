@@ -55,13 +55,15 @@ QUICK_METHODS = ("task_arithmetic", "ties", "magnitude_linear", "ca_magnitude_li
 # The paper's ablation rows no other regime runs: CA masks under the TIES and DARE combines,
 # and MergeKit's dare_linear (light is the cheapest regime with two seeds).
 ABLATION_METHODS = ("ca_ties", "ca_dare_linear", "ca_dare_ties", "dare_linear")
-# Rows with per-model weights from ``search_weights`` on the heads' validation loss, next to
-# the shared scale the grid chose on validation accuracy: CA n:m and the per-tensor sum, the
-# paper's search; and at 0.1 the options beyond the paper (pipeline.SEARCH_VARIANTS).
-SEARCHED = tuple((label, "search") for label in ("cabs@0.1", "cabs@0.25", "magnitude_linear@0.1",
-                                                 "magnitude_linear@0.25"))
-SEARCHED += tuple(("cabs@0.1", variant) for variant in ("search, layer groups", "search, patience 2",
-                                                        "search, first stage"))
+# Rows with per-model weights from ``search_weights`` on the heads' validation split, next to
+# the shared scale the grid chose on validation accuracy: CA n:m and the per-tensor sum, with
+# the search's defaults (the error loss, a shared stage, CMA-ES on log2 of the weights) and
+# with the CABS+ paper's search (cross-entropy, its fitness and box) (pipeline.SEARCH_VARIANTS).
+SEARCHED = tuple((label, variant) for label in ("cabs@0.1", "cabs@0.25", "magnitude_linear@0.1",
+                                                "magnitude_linear@0.25")
+                 for variant in ("search", "search, cabs-plus"))
+# cabs with the norm rescale (rescale: l1: each pruned task vector carries its dense L1 norm).
+RESCALED = tuple(MethodRun("cabs", d, BLOCK_SIZE, (("rescale", "l1"),)) for d in (0.1, 0.25))
 # At density 0.25 six task vectors overlap (densities sum to 1.5): the CA pairs, TIES, and
 # cabs_ties, where the sign election has shared positions to resolve.
 OVERLAP_METHODS = QUICK_METHODS + ("cabs_ties",)
@@ -91,6 +93,7 @@ class Regime:
     orders: bool = False
     max_orders: int = 24
     search: tuple[tuple[str, str], ...] = ()  # (run label, variant): also merged at searched weights
+    weight_one: tuple[str, ...] = ()  # labels whose merge at weight 1 is also scored on test
 
 
 NEAR = ("near", TrainSettings(epochs=1, body_lr=2e-5))  # a short, gentle step away from the ancestor
@@ -111,7 +114,8 @@ PRESETS = {
     # seeds where the methods separate (interference) and in light, one for the ancestry study.
     "full": {
         "light": Regime(LIGHT_TASKS, (512, 48, 1000), TrainSettings(epochs=3), (0, 1),
-                        methods=QUICK_METHODS + ABLATION_METHODS, search=SEARCHED),
+                        methods=QUICK_METHODS + ABLATION_METHODS, search=SEARCHED, extra_runs=RESCALED,
+                        weight_one=("cabs@0.1", "cabs@0.25") + tuple(r.label for r in RESCALED)),
         "interference": Regime(INTERFERENCE_TASKS, (1000, 48, 1000), TrainSettings(epochs=2, body_lr=STRONG_LR), (0, 1),
                                methods=tuple(m for m in CORE_METHODS if m != "cabs_ties"),
                                later_density_methods=OVERLAP_METHODS,
@@ -218,12 +222,14 @@ def seed_settings(regime: Regime, args, densities: tuple[float, ...], first_seed
                         initial_exponents=regime.initial_exponents, verify=lambda run: run.label in VERIFIED,
                         orders=regime.orders and not args.no_orders and first_seed, max_orders=regime.max_orders,
                         inspect=not args.no_inspect, equal_kept=regime.equal_kept, ancestry=ancestry,
-                        search=regime.search)
+                        search=regime.search, weight_one=regime.weight_one)
 
 
 # What a regime's results depend on: a finished regime is kept by --resume only if all match
-# (``search`` is recorded only where a regime searches, so older records still match).
-SETTINGS_KEYS = ("tasks", "seeds", "split_sizes_per_task", "train", "ancestry", "runs", "equal_kept", "search")
+# (``search`` and ``weight_one`` are recorded only where a regime has them, so older records
+# still match).
+SETTINGS_KEYS = ("tasks", "seeds", "split_sizes_per_task", "train", "ancestry", "runs", "equal_kept", "search",
+                 "weight_one")
 
 
 def finished_regime(previous: Optional[dict], name: str, settings: dict, preset: str,
@@ -264,6 +270,8 @@ def regime_record(regime: Regime, raw_tasks, seeds: tuple[int, ...], runs) -> di
     }
     if regime.search:
         record["search"] = [f"{label} [{variant}]" for label, variant in regime.search]
+    if regime.weight_one:
+        record["weight_one"] = list(regime.weight_one)
     return record
 
 

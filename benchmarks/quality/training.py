@@ -106,10 +106,16 @@ def split_prefix(split: EncodedSplit, fraction: float) -> EncodedSplit:
 
 
 @torch.inference_mode()
-def head_loss(body: nn.Module, head: nn.Linear, split: EncodedSplit) -> float:
-    """Mean cross-entropy of ``head`` on ``body``'s pooled features of ``split``: the loss
-    a weight search minimises for an encoder with task heads."""
-    return float(nn.functional.cross_entropy(head(pooled_features(body, split)), split.labels))
+def head_loss(body: nn.Module, head: nn.Linear, split: EncodedSplit, kind: str = "nll") -> float:
+    """The loss a weight search minimises for an encoder with task heads, of ``head`` on
+    ``body``'s pooled features of ``split``: the mean cross-entropy (``nll``), or the mean of
+    one minus the right class's probability (``error``, the causal-LM search's default loss
+    for one-token answers)."""
+    logits = head(pooled_features(body, split))
+    if kind == "nll":
+        return float(nn.functional.cross_entropy(logits, split.labels))
+    right = logits.float().softmax(dim=1).gather(1, split.labels.unsqueeze(1))
+    return float((1 - right).mean())
 
 
 def evaluate_body(body: nn.Module, tasks: Sequence[EncodedTask], heads: dict, split: str) -> dict[str, torch.Tensor]:

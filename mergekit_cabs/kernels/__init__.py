@@ -18,7 +18,7 @@ This package re-exports the names other modules use, so ``from mergekit_cabs.ker
 import merge_tensor, MergeArgs`` is the way in.
 """
 
-from mergekit_cabs.kernels.combine import linear_combine, masked_merge, ties_combine
+from mergekit_cabs.kernels.combine import combined_deltas, linear_combine, masked_deltas, masked_merge, ties_combine
 from mergekit_cabs.kernels.dispatch import (
     TORCH_KERNELS_ENV,
     Merged,
@@ -59,7 +59,7 @@ from mergekit_cabs.kernels.rules import (
 __all__ = [
     "RESCALE_NORMS", "TORCH_KERNELS_ENV", "Combine", "MergeArgs", "Merged", "NormSums", "Recipe", "Sparsifier",
     "block_top_mask", "norm_spans", "stable_sum", "with_norm_factors",
-    "checked_merge",
+    "checked_merge", "combined_deltas", "masked_deltas",
     "compiled_module", "conflict_aware_masks", "keep_count", "linear_combine", "magnitude_mask",
     "masked_merge", "merge_scales", "merge_tensor", "mix32", "nm_chunk_spans", "nm_mask", "normalizer",
     "per_tensor_merge", "random_mask", "random_score_keys", "random_scores", "round_half_up",

@@ -54,6 +54,23 @@ def linear_combine(
     return merged
 
 
+def masked_deltas(recipe: Recipe, taus: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                  args: MergeArgs) -> list[torch.Tensor]:
+    """``(tau_i * s_i w_i) * M_i`` of every model in float32 (``masks`` bool or 0/1 ints): a
+    dropped entry is a signed zero."""
+    return [(tau * scale) * mask.to(torch.float32) for tau, mask, scale in zip(taus, masks, args.scales(recipe))]
+
+
+def combined_deltas(recipe: Recipe, base32: torch.Tensor, deltas: Sequence[torch.Tensor],
+                    args: MergeArgs) -> torch.Tensor:
+    """``base + lambda * combine_i(deltas_i)`` in float32, the combine of ``recipe``."""
+    if recipe.combine is Combine.TIES:
+        merged = ties_combine(deltas, args.weights, args.normalize)
+    else:
+        merged = linear_combine(deltas, args.weights, args.normalize)
+    return base32 + args.lam * merged
+
+
 def masked_merge(
     recipe: Recipe,
     base32: torch.Tensor,
@@ -64,12 +81,4 @@ def masked_merge(
     """``base + lambda * combine_i((s_i * w_i * tau_i) * M_i)`` in float32, elementwise, so
     any slice of the inputs gives that slice of the result. ``masks`` are bool or 0/1 ints;
     weights, densities (for DARE's ``s_i``), lambda and normalize come from ``args``."""
-    deltas = [
-        (tau * scale) * mask.to(torch.float32)
-        for tau, mask, scale in zip(taus, masks, args.scales(recipe))
-    ]
-    if recipe.combine is Combine.TIES:
-        merged = ties_combine(deltas, args.weights, args.normalize)
-    else:
-        merged = linear_combine(deltas, args.weights, args.normalize)
-    return base32 + args.lam * merged
+    return combined_deltas(recipe, base32, masked_deltas(recipe, taus, masks, args), args)

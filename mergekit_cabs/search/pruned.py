@@ -39,7 +39,7 @@ from mergekit_cabs.kernels import (
     NormSums,
     Recipe,
     Sparsifier,
-    masked_merge,
+    combined_deltas,
     norm_spans,
     task_masks,
     tensor_seed,
@@ -169,23 +169,27 @@ def prune_tensor(inputs: TensorInputs, device: torch.device) -> PrunedTensor:
 
 def merged_support(pruned: PrunedTensor, weights: Sequence[float], lo: int, hi: int) -> torch.Tensor:
     """The merge's result at ``support[lo:hi]`` for ``weights`` (one per model), in the
-    written dtype: ``kernels.masked_merge`` in float32, cast to the input dtype (as the
-    method returns it) and then to the written dtype (as MergeKit saves it)."""
+    written dtype: ``kernels.combined_deltas`` in float32, cast to the input dtype (as the
+    method returns it) and then to the written dtype (as MergeKit saves it).
+
+    Each model's delta ``(tau * s) * M`` (``kernels.masked_deltas``) is computed only where
+    the model is stored; everywhere else its tau is 0 and its mask false, so the delta is
+    ``(0 * s) * 0``, one signed zero for the whole span: the same float32 operations,
+    elementwise, at a fraction of the passes."""
     base32 = pruned.base_values[lo:hi].to(torch.float32)
-    taus, masks = [], []
-    chunk = lo // SUPPORT_CHUNK
-    for stored in pruned.models:
-        start = stored.chunk_starts[chunk]
-        end = stored.chunk_starts[chunk + 1] if chunk + 1 < len(stored.chunk_starts) else stored.local.numel()
-        where = stored.local[start:end].to(torch.int64) - lo
-        tau = torch.zeros_like(base32)
-        tau[where] = stored.values[start:end].to(torch.float32) - base32[where]
-        mask = torch.zeros_like(base32, dtype=torch.bool)
-        mask[where] = True if stored.kept is None else stored.kept[start:end]
-        taus.append(tau)
-        masks.append(mask)
     factors = pruned.sums.factors(pruned.rescale) if pruned.rescale else ()
     args = MergeArgs(tuple(weights), tuple(pruned.densities), lam=pruned.lam, normalize=pruned.normalize,
                      norm_factors=factors)
-    merged = masked_merge(pruned.recipe, base32, taus, masks, args)
+    chunk = lo // SUPPORT_CHUNK
+    zero = torch.zeros(1, dtype=torch.float32, device=base32.device)
+    deltas = []
+    for stored, scale in zip(pruned.models, args.scales(pruned.recipe)):
+        start = stored.chunk_starts[chunk]
+        end = stored.chunk_starts[chunk + 1] if chunk + 1 < len(stored.chunk_starts) else stored.local.numel()
+        where = stored.local[start:end].to(torch.int64) - lo
+        delta = torch.full_like(base32, float((zero * scale) * zero))
+        here = (stored.values[start:end].to(torch.float32) - base32[where]) * scale
+        delta[where] = here if stored.kept is None else here * stored.kept[start:end].to(torch.float32)
+        deltas.append(delta)
+    merged = combined_deltas(pruned.recipe, base32, deltas, args)
     return merged.to(pruned.input_dtype).to(pruned.written_dtype)

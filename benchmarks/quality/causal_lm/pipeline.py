@@ -276,9 +276,9 @@ def seed_record(inputs: SeedInputs, settings: LMSeedSettings, seed: int, workdir
     del tuned_states
     log(f"seed {seed}: base test mean {record['base_with_heads']['mean']:.4f}, own tasks {record['individual']['mean']:.4f}")
     shared = SeedSettings(train=None, densities=settings.densities, block_size=settings.block_size,
-                          initial_exponents=settings.initial_exponents, verify=lambda r: r.label in settings.verify)
+                          initial_exponents=settings.initial_exponents, verify=lambda r: r.label in settings.verify,
+                          weight_one=settings.weight_one)
     record["methods"] = run_methods(ctx, runs, shared, individual, log)
-    record["methods"].update(weight_one_rows(ctx, [by_label[k] for k in settings.weight_one], individual))
     record["methods"].update(search_rows(ctx, data, settings, settings.search, by_label, individual, log))
     record["inspect"], record["overlap"] = inspected(ctx, runs) if settings.inspect else ({}, {})
     record["seconds"] = {**{k: round(v, 1) for k, v in ctx.timer.totals.items()},

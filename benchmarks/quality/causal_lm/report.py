@@ -10,7 +10,6 @@ base, the descendants' cross-task accuracies and the search cost.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,6 +28,7 @@ from ..report import (
     searched_from,
 )
 from ..stats import paired_bootstrap
+from .search_report import proxy_lines, search_cost_lines, trace_figure
 
 ARM = "smollm2"
 BASE_ROW = "merge base + task heads"  # aggregate's name for the record's base row
@@ -77,8 +77,13 @@ def focus_pairs(seeds: Sequence[dict]) -> list[tuple[str, str]]:
         for label in methods:
             grid = searched_from(label)
             if grid and methods[label]["density"] == d:
-                pairs += [(label, grid), (label, f"{grid} [weight 1]"), (label, "task_arithmetic")]
+                pairs += [(label, grid), (label, f"{grid} [weight 1]"), (label, "task_arithmetic"),
+                          (label, f"ties@{d:g}")]
                 pairs += [(label, f"{grid} [search]")] if label != f"{grid} [search]" else []
+        for label in methods:
+            if methods[label]["density"] == d and "[rescale=" in label and " [" not in label:
+                pairs += [(f"{label} [weight 1]", label.split("[rescale=")[0] + f"@{d:g} [weight 1]"),
+                          (f"{label} [weight 1]", "task_arithmetic"), (f"{label} [weight 1]", cabs)]
     return [(a, b) for a, b in pairs if a in methods and b in methods]
 
 
@@ -100,6 +105,7 @@ def write_outputs(out: Path, data: dict) -> None:
     (this regime's points with the encoder regimes' from ``../results.json`` where present)."""
     summary = summarize(data)
     densities = sorted({r["density"] for r in data["seeds"][0]["methods"].values() if r["density"]}, reverse=True)
+    trace_figure(data["seeds"], task_names(data["seeds"]), out / "search_traces.png")
     figure(summary, out / "accuracy_smollm2.png", densities,
            f"SmolLM2-135M-Instruct: 4 tasks merged ({data['meta']['preset']}, {len(data['seeds'])} seed(s)); "
            "bars: min-max over seeds", base_label="base (SmolLM2-135M-Instruct)")
@@ -187,20 +193,7 @@ def focus_lines(summary: dict, seeds: Sequence[dict]) -> list[str]:
     lines = ["", "## The comparisons the README answers with", "",
              "| row | minus | Δ points [95 %] |", "|---|---|---|"]
     lines += [f"| {f['a']} | {f['b']} | {_difference(f)} |" for f in summary["focus"] if f]
-    searched = [(label, row) for label, row in seeds[0]["methods"].items() if searched_from(label)]
-    if searched:
-        lines += ["", "Search cost and outcome per seed (weights in model order: " + ", ".join(task_names(seeds)) + "):", "",
-                  "| row | seed | evaluations | wall s | fitness start -> best | val mean: search / grid |",
-                  "|---|---|---|---|---|---|"]
-        for label, _ in searched:
-            grid = searched_from(label)
-            for s in seeds:
-                row, info = s["methods"][label], s["methods"][label]["search"]
-                grid_val = s["methods"][grid]["val_curve"][f"{s['methods'][grid]['scale']:.6g}"] \
-                    if grid in s["methods"] else math.nan
-                lines.append(f"| {label} | {s['seed']} | {info['evaluations']} | {info['wall_seconds']:.0f} | "
-                             f"{info['start_fitness']:.3g} -> {info['best_fitness']:.3g} | "
-                             f"{row['val_mean'] * 100:.1f} / {grid_val * 100:.1f} |")
+    lines += search_cost_lines(seeds)
     return lines + added_lines(seeds)
 
 
@@ -247,5 +240,6 @@ def markdown(data: dict, summary: dict) -> str:
     lines = setup_lines(data)
     if not data["meta"].get("complete", True):
         lines += ["", "**Partial run**: written after seed(s) " + ", ".join(str(s["seed"]) for s in seeds) + "."]
-    lines += rows_lines(summary, seeds) + focus_lines(summary, seeds) + masks_lines(summary, seeds)
+    lines += rows_lines(summary, seeds) + focus_lines(summary, seeds)
+    lines += proxy_lines(seeds, task_names(seeds)) + masks_lines(summary, seeds)
     return "\n".join(lines) + "\n"
