@@ -1,7 +1,7 @@
 """Merge quality on a real causal LM: SmolLM2-135M-Instruct and four fine-tunes of it.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --quick   # 1 seed, 4 methods, under 20 min
-    HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run           # 2 seeds, every method, both densities
+    HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run           # the full preset: 2 seeds, both densities
     HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --resume  # keep finished seeds of --out
     HF_HUB_OFFLINE=1 python -m benchmarks.quality.causal_lm.run --seeds 0 # one seed now, the rest with --resume
 
@@ -63,19 +63,26 @@ INTERMEDIATE = (MethodRun("cabs", 0.175, BLOCK_SIZE), MethodRun("nm_linear", 0.1
 RESCALED = cabs_at(0.25, 0.1, rescale="l1")
 FULL_SEARCHES = tuple((f"cabs@{d:g}", variant) for d in (0.25, 0.1)
                       for variant in ("search", "search, cabs-plus"))
+# The rows the questions need: MergeKit's four built-ins (the best on validation is the
+# reference), the CA on/off pairs of both sparsifiers, and CA under DARE. Left out to fit the
+# searches: cabs_ties, ca_ties (equal to cabs and ca_magnitude_linear where the CA masks are
+# disjoint, which four models at 0.25 and 0.10 are), nm_ties and ca_dare_ties (the previous
+# run, 2026-12-07 in git history, has them).
+FULL_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "cabs", "nm_linear", "magnitude_linear",
+                "ca_magnitude_linear", "ca_dare_linear")
 
 PRESETS = {
     # The fine-tunes are the full preset's seed 0 (same train split and settings): cached.
     # 4 methods, density 0.25, the default search of cabs: a check of every stage.
     "quick": Preset(TaskSizes(train=1000, val=32, test=200), (0,), (0.25,), QUICK_METHODS,
                     (("cabs@0.25", "search"),), 40, 32, 64, weight_one=("cabs@0.25",), proxy=("cabs@0.25",)),
-    # Sized to the 3-hour budget on 2 cores with the seeds run one after the other (--seeds,
-    # then --resume): test scoring of the rows and the searches dominate. Cut to fit: 32
-    # validation prompts per task, 64 general texts, the searches for cabs only.
-    "full": Preset(TaskSizes(train=1000, val=32, test=500), (0, 1), (0.25, 0.1), None, FULL_SEARCHES, None, 32, 64,
-                   extra_runs=INTERMEDIATE + RESCALED,
-                   weight_one=("cabs@0.25", "cabs@0.1", "cabs@0.175") + tuple(r.label for r in RESCALED),
-                   proxy=("cabs@0.25", "cabs@0.1")),
+    # Sized to the 3-hour budget on 2 cores (the seeds can run one after the other: --seeds,
+    # then --resume): the searches (100 evaluations each) and test scoring dominate. Cut to
+    # fit: FULL_METHODS, 32 validation prompts per task, 64 general texts, searches of cabs.
+    "full": Preset(TaskSizes(train=1000, val=32, test=500), (0, 1), (0.25, 0.1), FULL_METHODS, FULL_SEARCHES, None,
+                   32, 64, extra_runs=INTERMEDIATE + RESCALED,
+                   weight_one=("cabs@0.25", "cabs@0.1", "cabs@0.175", "nm_linear@0.175")
+                   + tuple(r.label for r in RESCALED), proxy=("cabs@0.25", "cabs@0.1")),
 }
 
 
