@@ -31,16 +31,16 @@ def merge_yaml(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     with reported(debug):
-        from mergekit.scripts.run_yaml import main
-
         from mergekit_cabs import register_all
+        from mergekit_cabs.hosts.commands import mergekit_yaml_command
 
         register_all()
-        config_file = config_argument(main, args)
+        command = mergekit_yaml_command()
+        config_file = config_argument(command, args)
     with reported(debug, config_file):
         if config_file is not None:
             check_config_file(config_file)
-        main(args=args, prog_name="mergekit-cabs-yaml")
+        command(args=args, prog_name="mergekit-cabs-yaml")
 
 
 @click.group()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,8 @@ import torch
 
 from mergekit_cabs.keep_counts import tensor_keep_counts
 from mergekit_cabs.kernels import Recipe, Sparsifier, magnitude_mask, task_masks, tensor_seed
-from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo, parameter_specs, rescale_norm
+from mergekit_cabs.hosts.planning import TensorJob, load_tensor_group, plan_tensor_jobs, read_config
+from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo, parameter_specs
 from mergekit_cabs.validation import MergeConfigError
 
 # Mask kinds: the configured method's, plain magnitude at the same densities, and (for
@@ -179,23 +179,6 @@ class RegionTally:
         return result
 
 
-@dataclass(frozen=True)
-class TensorJob:
-    """One tensor of the merge as MergeKit planned it."""
-
-    name: str
-    inputs: Any  # mergekit.io.tasks.GatherTensors, or a vocabulary task wrapping it
-    base: Any
-    tasks: tuple
-    densities: tuple
-    block_size: Optional[int]
-    weights: tuple = ()
-    lam: float = 1.0
-    normalize: bool = False
-    out_dtype: Optional[str] = None  # what MergeKit casts the result to before saving
-    rescale: Optional[str] = None  # the norm rescale (kernels.MergeArgs.rescale)
-
-
 class MaskStatistics:
     """Accumulates every statistic of the report, one tensor at a time."""
 
@@ -298,18 +281,11 @@ def keep_count_sentence(report: dict) -> str:
             "an earlier model's")
 
 
-# ---- MergeKit: plan the merge, load one tensor group at a time ----
+# ---- the merge as MergeKit plans it (hosts.planning) ----
 
 def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
     """The ``MergeConfiguration`` of a mergekit-yaml file and its method (ours only)."""
-    import yaml
-    from mergekit.config import MergeConfiguration
-
-    from mergekit_cabs import register_all
-    from mergekit_cabs.hosts.model_paths import check_config_paths
-
-    register_all()
-    config = MergeConfiguration.model_validate(yaml.safe_load(Path(config_path).read_text()))
+    config = read_config(config_path)
     info = METHODS_BY_NAME.get(config.merge_method)
     if info is None:
         raise MergeConfigError(
@@ -317,87 +293,7 @@ def load_config(config_path: str | Path) -> tuple[Any, MethodInfo]:
             f"package's methods ({', '.join(METHODS_BY_NAME)}); inspect computes their "
             "masks. Set merge_method to one of them."
         )
-    check_config_paths(config)
     return config, info
-
-
-def plan_tensor_jobs(config: Any, options: Any) -> list[TensorJob]:
-    """MergeKit's plan of the merge, reduced to what each tensor's masks need."""
-    from mergekit.architecture import get_architecture_info
-    from mergekit.io.tasks import LoaderCache, SaveTensor
-    from mergekit.merge import _model_out_config
-    from mergekit.plan import MergePlanner
-
-    arch_info = get_architecture_info(config, options)
-    # The planner reads only the output config's architecture. Given a `dtype:`, MergeKit would
-    # set the config's deprecated `torch_dtype`, and transformers 5 print a line for it.
-    untyped = config.model_copy(update={k: None for k in ("dtype", "out_dtype") if k in type(config).model_fields})
-    out_config = _model_out_config(untyped, arch_info, trust_remote_code=options.trust_remote_code)
-    cache = LoaderCache()
-    cache.setup(options=options)
-    for model in config.referenced_models():  # as run_merge warms its loader cache
-        cache.get(model)
-    planner = MergePlanner(config.model_copy(deep=True), arch_info, options=options,
-                           out_model_config=out_config)
-    # The plan run_merge executes; nothing is written unless its tasks run. (MergeKit
-    # 0.1.5's plan_in_memory fails: pydantic cannot validate its abstract task field.)
-    planned = planner.plan_to_disk(out_path=os.devnull)
-    jobs = []
-    for save in (p for p in planned if isinstance(p, SaveTensor)):
-        task = save.tensor_task
-        tasks = tuple(m for m in task.model_order if m != task.base_model)
-        shared = dict(task.parameters.items())
-        jobs.append(TensorJob(
-            name=task.output_weight.name,
-            inputs=task.gather_tensors,  # with MergeKit's vocabulary alignment, if any
-            base=task.base_model,
-            tasks=tasks,
-            densities=tuple(task.input_parameters[m]["density"] for m in tasks),
-            block_size=shared.get("block_size"),
-            weights=tuple(task.input_parameters[m]["weight"] for m in tasks),
-            lam=shared.get("lambda", 1.0),
-            normalize=shared.get("normalize", False),
-            out_dtype=save.dtype,
-            rescale=rescale_norm(shared.get("rescale", "none")),
-        ))
-    return jobs
-
-
-def load_tensor_group(inputs: Any, results: dict) -> dict:
-    """One tensor of every model as the merge sees it: read by MergeKit's loader (names,
-    aliases, dtype) and, under ``tokenizer:`` settings, aligned to the merged vocabulary.
-
-    Runs ``inputs``'s MergeKit tasks depth first; a task without inputs of its own other
-    than tensors (the tokenizer build) is run once, its result kept in ``results``.
-    """
-    from mergekit.io.tasks import GatherTensors
-
-    if isinstance(inputs, GatherTensors):
-        loaded = {key: load.execute() for key, load in inputs.arguments().items()}
-        return inputs.execute(**loaded)
-    arguments = {}
-    for key, task in inputs.arguments().items():
-        if isinstance(task, GatherTensors) or task.arguments():
-            arguments[key] = load_tensor_group(task, results)
-        else:
-            if task not in results:
-                results[task] = task.execute()
-            arguments[key] = results[task]
-    return inputs.execute(**arguments)
-
-
-def unmap_safetensors_shards() -> None:
-    """Close the memory-mapped safetensors shards MergeKit's loaders keep open.
-
-    Every page read through an open mapping counts as resident until it is closed, so a
-    7B shard would add gigabytes to the peak; reopening costs a header read. Pickled
-    shards stay open: reopening one reads it whole.
-    """
-    from mergekit.io.tasks import LoaderCache
-
-    for loader in LoaderCache().loaders.values():
-        if loader.index.is_safetensors:
-            loader.flush()
 
 
 def common_task_order(config_path: str | Path, jobs: Sequence[TensorJob]) -> tuple:
@@ -423,8 +319,7 @@ def tally_masks(jobs: Sequence[TensorJob], statistics: MaskStatistics, recipe: R
     skipped, counted = [], []
     shared_results: dict = {}  # the merged tokenizer, built once
     for job in tqdm(jobs, desc="Inspecting masks", unit="tensor", disable=not progress):
-        tensors = load_tensor_group(job.inputs, shared_results)
-        unmap_safetensors_shards()
+        tensors = load_tensor_group(job, shared_results)
         present = [tensors.get(m) for m in (job.base, *job.tasks)]
         if any(t is None or not t.is_floating_point() for t in present):
             skipped.append(job.name)
@@ -453,11 +348,9 @@ def inspect_config(
     ``random_seed`` must be the merge's ``--random-seed`` for the DARE variants' masks to
     be the merge's (default: torch's initial seed, as the merge uses without the flag).
     """
-    from mergekit.options import MergeOptions
-
     started = time.perf_counter()
     config, info = load_config(config_path)
-    jobs = plan_tensor_jobs(config, MergeOptions(device=device))
+    jobs = plan_tensor_jobs(config, device)
     task_order = common_task_order(config_path, jobs)
     seed = torch.initial_seed() if random_seed is None else random_seed
     balance_block_size = next((j.block_size for j in jobs if j.block_size), default_block_size())

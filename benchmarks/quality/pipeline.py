@@ -19,7 +19,7 @@ import yaml
 
 from mergekit_cabs.output_dir import owned_output_dir
 from mergekit_cabs.search import PAPER_SEARCH, SearchResult, SearchSettings, search_weights, write_outputs
-from mergekit_cabs.search.api import DEFAULT_LOSS
+from mergekit_cabs.search import DEFAULT_LOSS
 
 from ..merge_outputs import remove_output
 from .merging import (

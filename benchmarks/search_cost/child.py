@@ -28,22 +28,22 @@ def peak_rss_mib() -> float:
 
 
 def causal_losses(spec: dict):
-    from mergekit_cabs.search import host
+    from mergekit_cabs.search.config import read_search_config
     from mergekit_cabs.search.calibration import CausalLMLoss, load_base_tokenizer, read_task
 
-    tokenizer = load_base_tokenizer(host.read_search_config(spec["config"]).base_path)
+    tokenizer = load_base_tokenizer(read_search_config(spec["config"]).base_path)
     return [CausalLMLoss(read_task(p, tokenizer, spec["max_length"]), spec["batch_size"], "cpu")
             for p in spec["data"]]
 
 
 def measure_search(spec: dict) -> dict:
-    from mergekit_cabs.search import host
+    from mergekit_cabs.search.config import read_search_config
     from mergekit_cabs.search.model import CandidateModel
 
     losses = causal_losses(spec)
     runtime = status_mib("VmRSS")  # imports, tokenizer and texts: before any tensor is read
     started = time.perf_counter()
-    candidate = CandidateModel.prepare(host.read_search_config(spec["config"]))
+    candidate = CandidateModel.prepare(read_search_config(spec["config"]))
     prepared = time.perf_counter() - started
     prepare_peak, resident = peak_rss_mib(), status_mib("VmRSS")
     scales = candidate.scales(False)

@@ -37,7 +37,7 @@ from typing import Any, Optional
 import torch
 
 from mergekit_cabs.search.forward import TextNLL
-from mergekit_cabs.search.host import SearchInputError
+from mergekit_cabs.search.errors import SearchInputError
 
 
 @dataclass(frozen=True)

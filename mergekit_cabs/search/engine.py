@@ -22,7 +22,7 @@ Stages, in order, within ``evaluations`` (the start included):
 
 The best is the lowest fitness of every evaluation but a first stage's (the earliest
 among equals). Options beyond the paper: ``layer_groups`` (one scale per group of
-``host.GROUP_FILTERS`` per model); ``patience`` (stop once the best fitness has improved by
+``groups.GROUP_FILTERS`` per model); ``patience`` (stop once the best fitness has improved by
 less than ``min_improvement`` over that many generations); a first stage of
 ``first_stage_evaluations`` on cheaper losses (e.g. a subset of the texts), after which
 CMA-ES restarts from its best point with half the step size (its fitness is against the
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from mergekit_cabs.search.fitness import DEFAULT_FITNESS, FITNESSES
-from mergekit_cabs.search.host import SearchInputError
+from mergekit_cabs.search.errors import SearchInputError
 from mergekit_cabs.search.model import CandidateModel
 
 Loss = Callable[[torch.nn.Module], float]

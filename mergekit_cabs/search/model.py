@@ -14,7 +14,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from mergekit_cabs.search import host
+from mergekit_cabs.search.config import SearchConfig, plan_merge, tensor_inputs
+from mergekit_cabs.search.errors import SearchInputError
+from mergekit_cabs.search.groups import LAYER_GROUPS, group_of
 from mergekit_cabs.search.pruned import PrunedTensor, merged_support, prune_tensor
 
 ModelFactory = Callable[[Any], torch.nn.Module]  # merged config -> module (caller's weights elsewhere)
@@ -38,7 +40,7 @@ class CandidateModel:
     """The resident model plus every tensor's pruned task vectors."""
 
     def __init__(self, model: torch.nn.Module, pruned: Sequence[PrunedTensor], models: Sequence[str],
-                 start_weights: Sequence[float], search: host.SearchConfig):
+                 start_weights: Sequence[float], search: SearchConfig):
         self.model = model
         self.pruned = tuple(pruned)
         self.models = tuple(models)
@@ -47,13 +49,13 @@ class CandidateModel:
         self._slots = dict(model.state_dict(keep_vars=True))
 
     @classmethod
-    def prepare(cls, search: host.SearchConfig, *, device: str = "cpu", compute_dtype: Optional[str] = None,
+    def prepare(cls, search: SearchConfig, *, device: str = "cpu", compute_dtype: Optional[str] = None,
                 random_seed: Optional[int] = None, model_factory: Optional[ModelFactory] = None,
                 progress: bool = False) -> "CandidateModel":
         """Plan the merge, build the model, prune every tensor once, load the base."""
         from tqdm import tqdm
 
-        plan = host.plan_merge(search)
+        plan = plan_merge(search)
         seed = resolve_random_seed(search, random_seed)
         model = (model_factory or causal_lm_factory)(plan.out_config)
         model.eval()
@@ -61,7 +63,7 @@ class CandidateModel:
         candidate._check_untied([job.name for job in plan.jobs])
         written, pruned, results = {}, [], {}
         for job in tqdm(plan.jobs, desc="Pruning once", unit="tensor", disable=not progress):
-            inputs = host.tensor_inputs(search, job, seed, results)
+            inputs = tensor_inputs(search, job, seed, results)
             if isinstance(inputs, tuple):  # a non-float buffer, the same in every candidate
                 written[inputs[0]] = inputs[1]
                 continue
@@ -80,7 +82,7 @@ class CandidateModel:
         for name in names:
             slot = self._slots.get(name)
             if slot is not None and owner.setdefault(id(slot), name) != name:
-                raise host.SearchInputError(
+                raise SearchInputError(
                     f"tensors {owner[id(slot)]} and {name} are one tied parameter in "
                     f"{type(self.model).__name__} but MergeKit merges them separately; the "
                     "loaded merge would keep only one. Untie them in the base's config.json "
@@ -89,7 +91,7 @@ class CandidateModel:
     def _load_whole(self, name: str, value: torch.Tensor) -> None:
         slot = self._slots.get(name)
         if slot is None or tuple(slot.shape) != tuple(value.shape):
-            raise host.SearchInputError(
+            raise SearchInputError(
                 f"tensor {name} {tuple(value.shape)} of the merge has no matching parameter in "
                 f"{type(self.model).__name__} ({'missing' if slot is None else tuple(slot.shape)}); "
                 "pass a model_factory that builds the merged architecture.")
@@ -103,14 +105,14 @@ class CandidateModel:
         target = getattr(torch, compute_dtype) if compute_dtype else widest
         for dtype in set(float_dtypes):
             if not holds_exactly(target, dtype):
-                raise host.SearchInputError(
+                raise SearchInputError(
                     f"--dtype {compute_dtype} cannot hold the merge's {str(dtype).removeprefix('torch.')} "
                     "values exactly, so the model evaluated would not be the one mergekit-yaml writes; "
                     "choose a dtype at least as wide (or leave --dtype unset).")
         tied = {slot.data_ptr() for name, slot in self._slots.items() if name in written}
         uncovered = [n for n, s in self._slots.items() if n not in written and s.data_ptr() not in tied]
         if strict and uncovered:
-            raise host.SearchInputError(
+            raise SearchInputError(
                 f"the merge writes no value for {', '.join(uncovered[:5])} of {type(self.model).__name__}; "
                 "a model loaded from the merge would initialise them at random. The search needs an "
                 "architecture MergeKit merges whole.")
@@ -126,8 +128,8 @@ class CandidateModel:
         groups that have tensors; their order is the vector's."""
         if not layer_groups:
             return [(model, None) for model in self.models]
-        present = {host.group_of(p.name) for p in self.pruned}
-        return [(model, group) for group in host.LAYER_GROUPS if group in present for model in self.models]
+        present = {group_of(p.name) for p in self.pruned}
+        return [(model, group) for group in LAYER_GROUPS if group in present for model in self.models]
 
     def tensor_weights(self, scales: Sequence[tuple[str, Optional[str]]], vector: Sequence[float]
                        ) -> Callable[[str], list[float]]:
@@ -136,7 +138,7 @@ class CandidateModel:
         groups = {group for _, group in scales}
 
         def weights(name: str) -> list[float]:
-            group = host.group_of(name) if groups != {None} else None
+            group = group_of(name) if groups != {None} else None
             return [float(by_key[(model, group)]) if (model, group) in by_key else start
                     for model, start in zip(self.models, self.start_weights)]
 
@@ -168,17 +170,17 @@ class CandidateModel:
         return shares
 
 
-def resolve_random_seed(search: host.SearchConfig, random_seed: Optional[int]) -> int:
+def resolve_random_seed(search: SearchConfig, random_seed: Optional[int]) -> int:
     """The seed of the DARE variants' masks: the merge's ``--random-seed``, which they need."""
     from mergekit_cabs.kernels import Sparsifier
 
     if random_seed is None:
         if search.info.recipe.sparsifier is Sparsifier.RANDOM:
-            raise host.SearchInputError(
+            raise SearchInputError(
                 f"{search.path}: {search.info.name} draws its masks from the merge's --random-seed; "
                 "pass --random-seed N to the search and merge merge.yml with mergekit-yaml "
                 "--random-seed N.")
         return 0
     if not 0 <= random_seed < 2**63:
-        raise host.SearchInputError(f"--random-seed must be a whole number >= 0; got {random_seed}.")
+        raise SearchInputError(f"--random-seed must be a whole number >= 0; got {random_seed}.")
     return random_seed

@@ -22,7 +22,7 @@ import torch
 
 from mergekit_cabs.output_dir import owned_output_dir
 from mergekit_cabs.search import PAPER_SEARCH, SearchSettings, search_causal_lm
-from mergekit_cabs.search.api import DEFAULT_LOSS
+from mergekit_cabs.search import DEFAULT_LOSS
 
 from ..merging import MethodRun, load_body_state, run_mergekit_yaml
 from ..pipeline import SeedContext, SeedSettings, inspect_runs, mean, run_methods, score_row, search_row

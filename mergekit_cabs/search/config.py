@@ -1,13 +1,11 @@
-"""The search's MergeKit adapter: read and check the config, plan the merge, load tensors
-as the merge sees them, write the config with the found weights.
+"""The config a search takes: read once and checked, planned by MergeKit, written back.
 
-MergeKit internals used (all through ``mergekit_cabs.diagnostics`` or here):
-``diagnostics.plan_tensor_jobs`` (``MergePlanner.plan_to_disk``), ``diagnostics.load_tensor_group``
-and ``unmap_safetensors_shards`` (MergeKit's loader), ``mergekit.merge._model_out_config``
-(the merged model's ``config.json``), ``mergekit.common.dtype_from_name``. What a tensor
-group goes through between MergeKit's loader and our method (``GroupMergeMethod._execute``:
-dtype promotion, non-float buffers; ``SaveTensor``: the cast to ``out_dtype``) is redone in
-``tensor_inputs``.
+``read_search_config`` reads a mergekit-yaml file (``hosts.planning``) and refuses, naming
+the fix, what the search cannot take; ``plan_merge`` is MergeKit's plan of it, every tensor
+merging the same models with one weight per model; ``tensor_inputs`` is one tensor as our
+method receives it (what ``GroupMergeMethod._execute`` does between MergeKit's loader and
+the method: dtype promotion, non-float buffers; ``SaveTensor``'s cast to the written dtype);
+``merge_config_text`` is the config with the found weights (``merge.yml``).
 """
 
 from __future__ import annotations
@@ -19,27 +17,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
+from mergekit_cabs.hosts import planning
 from mergekit_cabs.methods import METHODS_BY_NAME, MethodInfo
+from mergekit_cabs.search.errors import SearchInputError
+from mergekit_cabs.search.groups import GROUP_FILTERS, OTHER_GROUP
 from mergekit_cabs.search.pruned import TensorInputs
 from mergekit_cabs.validation import MergeConfigError, agreed_buffer, check_tensors_finite
-
-# One scale per layer group (--layer-groups): MergeKit's filters match a substring of the
-# tensor name and the first match wins, so the groups are exactly this chain. Llama-style
-# names (self_attn, mlp) and BERT-style ones (attention.*, intermediate.dense and the
-# feed-forward's output.dense, which comes after attention.output.dense in the chain).
-GROUP_FILTERS = (("attention", "attn"), ("attention", "attention"),
-                 ("mlp", "mlp"), ("mlp", "intermediate"), ("mlp", "output.dense"))
-OTHER_GROUP = "embeddings"  # everything else: embeddings, output head, norms
-LAYER_GROUPS = tuple(dict.fromkeys(g for g, _ in GROUP_FILTERS)) + (OTHER_GROUP,)
-
-
-def group_of(tensor_name: str) -> str:
-    """The layer group of a tensor: the first of ``GROUP_FILTERS`` its name contains."""
-    return next((group for group, text in GROUP_FILTERS if text in tensor_name), OTHER_GROUP)
-
-
-class SearchInputError(MergeConfigError):
-    """An input the search cannot take; the message names it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -60,24 +43,14 @@ class SearchConfig:
 
 def read_search_config(path: Union[str, Path]) -> SearchConfig:
     """Read ``path`` and refuse, naming the fix, what the search cannot take."""
-    import yaml
-    from mergekit.config import MergeConfiguration
-
-    from mergekit_cabs import register_all
-    from mergekit_cabs.hosts.model_paths import check_config_paths
-
     path = Path(path)
-    if not path.is_file():
-        raise SearchInputError(f"config {path} does not exist; pass a mergekit-yaml config file.")
-    raw = yaml.safe_load(path.read_text())
-    register_all()
-    check_method(path, raw)
     try:
-        config = MergeConfiguration.model_validate(raw)
-    except ValueError as error:
-        raise SearchInputError(f"{path}: not a valid mergekit-yaml config: {error}") from None
+        raw = planning.read_yaml(path)
+        check_method(path, raw)
+        config = planning.config_from_yaml(raw, path)
+    except MergeConfigError as error:
+        raise SearchInputError(str(error)) from None
     check_config_shape(path, config)
-    check_config_paths(config)  # before the base's tokenizer loads: a missing folder by name
     base = config.base_model
     indices = tuple(i for i, m in enumerate(config.models) if m.model != base)
     for index in indices:
@@ -125,7 +98,7 @@ def check_scalar_weight(path: Path, model: str, parameters: Optional[Mapping[str
 
 @dataclass(frozen=True)
 class MergePlan:
-    jobs: tuple  # diagnostics.TensorJob, in MergeKit's order
+    jobs: tuple  # hosts.planning.TensorJob, in MergeKit's order
     out_config: Any  # transformers.PretrainedConfig of the merged model
     start_weights: tuple[float, ...]  # per fine-tuned model, the same in every tensor
 
@@ -133,15 +106,8 @@ class MergePlan:
 def plan_merge(search: SearchConfig) -> MergePlan:
     """MergeKit's plan of the merge; every tensor must merge the same models with one
     weight per model (what the search scales)."""
-    from mergekit.architecture import get_architecture_info
-    from mergekit.merge import _model_out_config
-    from mergekit.options import MergeOptions
-
-    from mergekit_cabs.diagnostics import plan_tensor_jobs
-
-    options = MergeOptions()
-    jobs = plan_tensor_jobs(search.config, options)
-    out_config = _model_out_config(search.config, get_architecture_info(search.config, options))
+    jobs = planning.plan_tensor_jobs(search.config)
+    out_config = planning.merged_model_config(search.config)
     if not jobs:
         raise SearchInputError(f"{search.path}: MergeKit plans no tensor; check the models' paths.")
     start = jobs[0].weights
@@ -157,24 +123,19 @@ def plan_merge(search: SearchConfig) -> MergePlan:
     return MergePlan(tuple(jobs), out_config, tuple(float(w) for w in start))
 
 
-def tensor_inputs(search: SearchConfig, job: Any, seed: int, results: dict
+def tensor_inputs(search: SearchConfig, job: planning.TensorJob, seed: int, results: dict
                   ) -> Union[TensorInputs, tuple[str, torch.Tensor]]:
     """One tensor as our method receives it, or ``(name, value)`` of a non-float buffer
     (the same in every candidate). Inputs are promoted to one dtype as MergeKit's
     ``GroupMergeMethod`` does; ``written_dtype`` is MergeKit's ``SaveTensor`` cast."""
-    from mergekit.common import dtype_from_name
-
-    from mergekit_cabs.diagnostics import load_tensor_group, unmap_safetensors_shards
-
-    tensors = load_tensor_group(job.inputs, results)
-    unmap_safetensors_shards()
+    tensors = planning.load_tensor_group(job, results)
     order = (job.base, *job.tasks)
     missing = [str(m) for m in order if tensors.get(m) is None]
     if missing:
         raise SearchInputError(f"tensor {job.name} is missing from {', '.join(missing)}; the search "
                                "needs every tensor in the base and every fine-tuned model.")
     values = [tensors[m] for m in order]
-    out_dtype = dtype_from_name(job.out_dtype)
+    out_dtype = job.written_dtype()
     if not all(v.is_floating_point() for v in values):
         buffer = agreed_buffer(job.name, list(zip(map(str, order), values)))
         return job.name, buffer.to(out_dtype) if out_dtype else buffer
@@ -211,15 +172,3 @@ def merge_config_text(search: SearchConfig, weights: Sequence[WeightSetting]) ->
         else:
             entry["parameters"]["weight"] = float(weight)
     return yaml.safe_dump(raw, sort_keys=False)
-
-
-def planned_weights(config_text: str) -> dict[str, tuple[float, ...]]:
-    """Every tensor's per-model weights as MergeKit resolves ``config_text``."""
-    import yaml
-    from mergekit.config import MergeConfiguration
-    from mergekit.options import MergeOptions
-
-    from mergekit_cabs.diagnostics import plan_tensor_jobs
-
-    config = MergeConfiguration.model_validate(yaml.safe_load(config_text))
-    return {job.name: tuple(job.weights) for job in plan_tensor_jobs(config, MergeOptions())}
