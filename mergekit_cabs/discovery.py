@@ -42,9 +42,6 @@ def register_with(package: str) -> tuple[str, ...]:
     return old_api.register(host)
 
 
-ENTRY_POINT_GROUPS = tuple(trigger_module(p) for p in HOST_PACKAGES)
-ENTRY_POINT_GROUP = ENTRY_POINT_GROUPS[0]
-
 _registering = False
 
 
