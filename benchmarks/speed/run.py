@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -46,6 +45,7 @@ from safetensors.torch import save_file
 from mergekit_cabs.kernels import Sparsifier
 from mergekit_cabs.methods import METHOD_TABLE, METHODS_BY_NAME
 from mergekit_cabs.output_dir import owned_output_dir
+from mergekit_cabs.versions import versions
 
 from ..merge_outputs import fresh_output, remove_output
 
@@ -335,13 +335,6 @@ def run_variant(variant: str, repeat: int, position: int, checkpoints: Checkpoin
     return Run(variant, repeat, position, wall, rss, written, load)
 
 
-def package_version(name: str):
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def machine_description(num_threads, cuda: bool) -> dict:
     """CPU, cores, memory, versions and the thread count MergeKit's torch runs with."""
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
@@ -354,8 +347,7 @@ def machine_description(num_threads, cuda: bool) -> dict:
         "usable_cores": len(os.sched_getaffinity(0)),
         "ram_gib": round(ram_gib, 1),
         "os": platform.platform(),
-        "python": platform.python_version(),
-        **{package: package_version(package) for package in ("torch", "mergekit", "mergekit-cabs", "numba", "transformers", "safetensors")},
+        **versions(("torch", "mergekit", "mergekit-cabs", "numba", "transformers", "safetensors")),
         # MergeKit sets torch's threads only when given -j; otherwise torch's default (this
         # process's, under the same environment) applies in the child.
         "mergekit_threads": num_threads if num_threads else torch.get_num_threads(),
