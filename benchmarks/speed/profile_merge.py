@@ -5,7 +5,7 @@
 Uses the checkpoints ``benchmarks.speed.run`` builds (same ``--params`` / ``--layers``, same cache). For each
 method it runs MergeKit's own ``mergekit-yaml`` entry point in this process (so start-up
 imports are left out) and writes the functions with the most own time to ``profile.md``;
-time inside the compiled (numba) kernels is booked to ``_nm_merge`` / ``_tensor_merge``.
+time inside the compiled (numba) kernels is booked to ``nm_merge`` / ``tensor_merge``.
 Each merge writes into a temporary folder this tool creates under ``--work`` and removes
 whole afterwards (``scratch_folder``); nothing else there is touched.
 """
