@@ -31,10 +31,10 @@ def merge_yaml(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     with reported(debug):
-        from mergekit.scripts.run_yaml import main
-
         from mergekit_cabs import register_all
+        from mergekit_cabs.hosts.mergekit_commands import mergekit_yaml
 
+        main = mergekit_yaml()
         register_all()
         config_file = config_argument(main, args)
     with reported(debug, config_file):

@@ -75,21 +75,13 @@ def reported(debug: bool, source: Optional[str] = None) -> Iterator[None]:
         sys.exit(INPUT_ERROR_STATUS)
 
 
-def host_method_names() -> list[str]:
-    """Every merge method the loaded MergeKit knows, ours included (after registration)."""
-    from mergekit import merge_methods
-
-    if hasattr(merge_methods, "registered_methods"):  # mergekit >= 0.1.5
-        return sorted(m.spec.name for m in merge_methods.registered_methods())
-    return sorted(merge_methods.REGISTERED_MERGE_METHODS)  # mergekit 0.1.4
-
-
 def check_method_name(method: Any, source: str) -> None:
     """An unknown ``merge_method`` is named with the valid names (MergeKit names none)."""
+    from mergekit_cabs.hosts.mergekit_commands import registered_method_names
     from mergekit_cabs.methods import METHODS_BY_NAME
     from mergekit_cabs.validation import MergeConfigError
 
-    names = host_method_names()
+    names = registered_method_names()
     if not isinstance(method, str) or method in names:
         return
     ours = [n for n in METHODS_BY_NAME if n in names]
