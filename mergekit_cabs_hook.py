@@ -21,11 +21,14 @@ logs a warning and the host keeps working.
 import os
 import sys
 
-# Each host's trigger module, which is also the name of its entry-point group.
-_TRIGGERS = ("mergekit.merge_methods", "mergekitty.merge_methods")
+# The packages of ``mergekit_cabs.hosts.HOSTS``, copied: this module cannot import the package
+# at interpreter start (tests/test_host_table.py keeps the copy in step with the table).
+HOST_PACKAGES = ("mergekit", "mergekitty")
+# Each host's trigger module (``Host.trigger``), which is also the name of its entry-point group.
+TRIGGERS = tuple(f"{package}.merge_methods" for package in HOST_PACKAGES)
 # Modules whose half-finished import would break registration: the hosts', and ours (a
 # module of ours importing a host must finish before registration imports it).
-_PACKAGES = ("mergekit", "mergekitty", "mergekit_cabs")
+_WATCHED = HOST_PACKAGES + ("mergekit_cabs",)
 
 
 def load_plugins(group):
@@ -47,7 +50,7 @@ def load_plugins(group):
 
 
 def _is_watched(name):
-    return any(name == p or name.startswith(p + ".") for p in _PACKAGES)
+    return any(name == p or name.startswith(p + ".") for p in _WATCHED)
 
 
 def mergekit_is_importing():
@@ -121,7 +124,7 @@ class PluginLoader:
         return spec
 
 
-def install(callback, trigger=_TRIGGERS[0]):
+def install(callback, trigger):
     """Call ``callback()`` once module ``trigger`` (a host's merge methods) is imported in
     full (now, if it already is). One finder serves every callback."""
     loader = next((f for f in sys.meta_path if isinstance(f, PluginLoader)), None)
@@ -139,5 +142,5 @@ def _plugins_of(group):
 # An escape hatch to tell whether a problem comes from a plugin: plugins then load only
 # when imported explicitly (``import mergekit_cabs``).
 if not os.environ.get("MERGEKIT_CABS_NO_HOOK"):
-    for _trigger in _TRIGGERS:
+    for _trigger in TRIGGERS:
         install(_plugins_of(_trigger), _trigger)

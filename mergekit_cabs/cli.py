@@ -32,15 +32,15 @@ def merge_yaml(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     with reported(debug):
         from mergekit_cabs import register_all
-        from mergekit_cabs.hosts.commands import mergekit_yaml_command
+        from mergekit_cabs.hosts.mergekit_commands import mergekit_yaml
 
+        main = mergekit_yaml()
         register_all()
-        command = mergekit_yaml_command()
-        config_file = config_argument(command, args)
+        config_file = config_argument(main, args)
     with reported(debug, config_file):
         if config_file is not None:
             check_config_file(config_file)
-        command(args=args, prog_name="mergekit-cabs-yaml")
+        main(args=args, prog_name="mergekit-cabs-yaml")
 
 
 @click.group()

@@ -77,10 +77,9 @@ def reported(debug: bool, source: Optional[str] = None) -> Iterator[None]:
 
 def check_method_name(method: Any, source: str) -> None:
     """An unknown ``merge_method`` is named with the valid names (MergeKit names none)."""
+    from mergekit_cabs.hosts.mergekit_commands import registered_method_names
     from mergekit_cabs.methods import METHODS_BY_NAME
     from mergekit_cabs.validation import MergeConfigError
-
-    from mergekit_cabs.hosts.commands import registered_method_names
 
     names = registered_method_names()
     if not isinstance(method, str) or method in names:

@@ -1,49 +1,49 @@
-"""Registration of this package's methods with every MergeKit host.
+"""Registration of this package's methods with every MergeKit host of ``hosts.HOSTS``.
 
 No host has plugin discovery. ``mergekit_cabs_hook`` (imported by the
 ``mergekit_cabs_hook.pth`` file at interpreter start, itself importing nothing heavy) calls
 every entry point of the group ``<host>.merge_methods`` once ``<host>.merge_methods`` is
-imported and no host module is mid-import, for each host of ``hosts.HOST_PACKAGES``
-(mergekit, mergekitty); ours are ``register_mergekit`` and ``register_mergekitty``. Other
-plugins can declare the same groups. ``import mergekit_cabs`` arms the same triggers for
-this package alone, so it behaves alike with the start-up hook switched off.
+imported and no host module is mid-import, for each host of the table; ours are
+``register_<host>`` (``Host.entry_point``). Other plugins can declare the same groups.
+``import mergekit_cabs`` arms the same triggers for this package alone, so it behaves alike
+with the start-up hook switched off.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
+from typing import Any
 
-from mergekit_cabs.hosts import HOST_PACKAGES
+from mergekit_cabs.hosts import HOSTS, HOSTS_BY_PACKAGE
 from mergekit_cabs.hosts.guards import missing_capability
-
-
-def trigger_module(package: str) -> str:
-    return f"{package}.merge_methods"
 
 
 def loaded_hosts() -> tuple[str, ...]:
     """The host packages whose merge methods are imported in this process."""
-    return tuple(p for p in HOST_PACKAGES if trigger_module(p) in sys.modules)
+    return tuple(host.package for host in HOSTS if host.trigger in sys.modules)
+
+
+def adapter(reference: str) -> Any:
+    """The adapter a ``module`` or ``module:attribute`` reference of the table names."""
+    module, _, attribute = reference.partition(":")
+    found = importlib.import_module(module)
+    return getattr(found, attribute) if attribute else found
 
 
 def register_with(package: str) -> tuple[str, ...]:
     """Register every method of the table with ``package`` (imported here) through the
-    adapter of the API it has; idempotent."""
-    from mergekit_cabs.hosts import mergekit_new, old_api
+    first of its adapters whose API it has; idempotent."""
+    host = HOSTS_BY_PACKAGE[package]
+    importlib.import_module(host.trigger)
+    adapters = [adapter(reference) for reference in host.adapters]
+    for candidate in adapters:
+        if candidate.applies():
+            return candidate.register()
+    raise missing_capability(package, "its merge_methods has neither GroupMergeMethod nor the "
+                             "MergeMethod/ConfigParameterDef API", adapters[-1].supported)
 
-    importlib.import_module(trigger_module(package))
-    if package == "mergekit" and mergekit_new.applies():
-        return mergekit_new.register()
-    host = {"mergekit": old_api.MERGEKIT_014, "mergekitty": old_api.MERGEKITTY}[package]
-    if not host.applies():
-        raise missing_capability(package, "its merge_methods has neither GroupMergeMethod nor "
-                                 "the MergeMethod/ConfigParameterDef API", host.supported)
-    return old_api.register(host)
-
-
-ENTRY_POINT_GROUPS = tuple(trigger_module(p) for p in HOST_PACKAGES)
-ENTRY_POINT_GROUP = ENTRY_POINT_GROUPS[0]
 
 _registering = False
 
@@ -86,5 +86,5 @@ def register_when_mergekit_loads() -> None:
     """
     from mergekit_cabs_hook import install
 
-    install(register_mergekit, trigger_module("mergekit"))
-    install(register_mergekitty, trigger_module("mergekitty"))
+    for host in HOSTS:
+        install(functools.partial(register_all, host.package), host.trigger)

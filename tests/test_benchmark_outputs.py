@@ -9,6 +9,8 @@ from safetensors.torch import save_file
 
 import benchmarks.speed.profile_merge as profile_merge
 import benchmarks.speed.run as speed_run
+import benchmarks.speed.timing as speed_timing
+from benchmarks.speed.inputs import Checkpoints
 from benchmarks.quality.merging import run_mergekit_multi, run_mergekit_yaml
 from benchmarks.quality.pipeline import SeedContext, SeedSettings, run_seed
 from benchmarks.quality.training import TrainSettings
@@ -21,8 +23,8 @@ def write(path: Path, text: str = "mine") -> Path:
     return path
 
 
-def tiny_checkpoints(bytes_per_model: int = 1) -> speed_run.Checkpoints:
-    return speed_run.Checkpoints("/models/base", ["/models/ft1"], 1, 1, bytes_per_model, [0.4])
+def tiny_checkpoints(bytes_per_model: int = 1) -> Checkpoints:
+    return Checkpoints("/models/base", ["/models/ft1"], 1, 1, bytes_per_model, [0.4])
 
 
 def test_the_speed_benchmark_refuses_a_scratch_folder_it_did_not_write_before_building_anything(tmp_path):
@@ -39,7 +41,7 @@ def test_the_speed_benchmark_refuses_a_scratch_folder_it_did_not_write_before_bu
 def test_a_speed_merge_output_that_exists_before_the_run_is_refused_and_kept(tmp_path, variant, output):
     mine = write(tmp_path / output / "mine.txt") if output == "merged" else write(tmp_path / output)
     with pytest.raises(OutputDirError, match="exists before the merge"):
-        speed_run.variant_command(variant, tiny_checkpoints(), tmp_path, [])
+        speed_timing.variant_command(variant, tiny_checkpoints(), tmp_path, [])
     assert mine.read_text() == "mine"
 
 
@@ -50,10 +52,10 @@ def test_a_speed_run_removes_the_merge_output_it_measured_and_nothing_else(tmp_p
         save_file({"w": torch.zeros(1)}, str(out / "model.safetensors"))
         return 1.0, 10.0
 
-    monkeypatch.setattr(speed_run, "measure", child_writes_a_model)
+    monkeypatch.setattr(speed_timing, "measure", child_writes_a_model)
     (tmp_path / "logs").mkdir()
     notes = write(tmp_path / "notes.txt")
-    run = speed_run.run_variant("cabs@64", 0, 0, tiny_checkpoints(), tmp_path, [], {})
+    run = speed_timing.run_variant("cabs@64", 0, 0, tiny_checkpoints(), tmp_path, [], {})
     assert run.output_bytes > 0
     assert not (tmp_path / "merged").exists()
     assert notes.read_text() == "mine"

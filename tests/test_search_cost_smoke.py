@@ -1,5 +1,7 @@
 """The search cost benchmark runs end to end on tiny models (its numbers mean nothing here)."""
 
+from pathlib import Path
+
 import pytest
 
 
@@ -49,3 +51,29 @@ def test_the_search_cost_benchmark_wants_base_models_and_data_together(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--base", "b", "--models", "m"])
     assert "--base, --models and --data go together" in capsys.readouterr().err
+
+
+def test_the_finetunes_preset_reads_the_quality_regimes_models_at_64_256():
+    from benchmarks.search_cost.run import parse_args
+
+    args = parse_args(["--preset", "finetunes", "--batch-size", "4"])
+    assert args.from_quality_work and args.label == "smollm2_finetunes"
+    assert (args.density, args.block_size, args.max_length, args.batch_size) == (0.25, 256, 128, 4)
+
+
+def test_the_quality_regimes_fine_tunes_are_taken_in_task_order_and_only_when_finished(tmp_path):
+    from benchmarks.quality.causal_lm.tasks import TASKS
+    from benchmarks.search_cost.run import quality_work_inputs
+
+    for task in reversed(TASKS):
+        (tmp_path / "finetunes" / f"{task}-seed1-abc").mkdir(parents=True)
+        (tmp_path / "finetunes" / f"{task}-seed1-abc" / "fine_tune.json").write_text("{}")
+    (tmp_path / "finetunes" / f"{TASKS[0]}-seed1-def.partial").mkdir()  # unfinished: not a candidate
+    base, tuned, data = quality_work_inputs(tmp_path)
+    assert base == str(tmp_path / "base")
+    assert [Path(t).name for t in tuned] == [f"{task}-seed1-abc" for task in TASKS]
+    assert [Path(d).stem for d in data] == list(TASKS)
+    (tmp_path / "finetunes" / f"{TASKS[0]}-seed1-xyz").mkdir()
+    (tmp_path / "finetunes" / f"{TASKS[0]}-seed1-xyz" / "fine_tune.json").write_text("{}")
+    with pytest.raises(SystemExit, match="2 finished fine-tunes"):
+        quality_work_inputs(tmp_path)

@@ -12,6 +12,9 @@ import torch
 import benchmarks.speed.kernels as speed_kernels
 import benchmarks.speed.profile_merge as profile_merge
 import benchmarks.speed.run as speed_run
+from benchmarks.speed import variants
+from benchmarks.speed.inputs import Checkpoints
+from mergekit_cabs.kernels import TORCH_KERNELS_ENV
 
 # Benchmark runs: the full suite only (`-m "not slow"` skips them).
 pytestmark = pytest.mark.slow
@@ -44,6 +47,7 @@ def test_speed_benchmark_runs_mergekit_yaml_and_writes_results(tmp_path):
     assert result["machine"]["mergekit_threads"] >= 1 and result["machine"]["mergekit"]
     report = (out / "results.md").read_text()
     assert "| `cabs@64:torch` |" in report and "## Llama-3-shaped" in report
+    assert not report.startswith("Regenerate:")  # no preset: the Command line says how it was made
     assert (out / "results-7b.png").stat().st_size > 0
 
 
@@ -57,10 +61,18 @@ def test_speed_benchmark_repeats_focus_rows_of_the_first_family_only():
 
 
 def test_speed_benchmark_forces_the_torch_path_only_on_torch_rows():
-    assert speed_run.expand_methods("cabs,nm_ties@256,cabs:torch") == ["cabs@64", "nm_ties@256", "cabs@64:torch"]
-    assert speed_run.variant_env("cabs@64:torch", {})[speed_run.TORCH_KERNELS_ENV] == "1"
-    assert speed_run.TORCH_KERNELS_ENV not in speed_run.variant_env("cabs@64", {})
-    assert speed_run.method_config("cabs@64:torch", speed_run.Checkpoints("b", ["f"], 1, 1, 2, [0.4]))["merge_method"] == "cabs"
+    assert variants.expand_methods("cabs,nm_ties@256,cabs:torch") == ["cabs@64", "nm_ties@256", "cabs@64:torch"]
+    assert variants.variant_env("cabs@64:torch", {})[TORCH_KERNELS_ENV] == "1"
+    assert TORCH_KERNELS_ENV not in variants.variant_env("cabs@64", {})
+    assert variants.method_config("cabs@64:torch", Checkpoints("b", ["f"], 1, 1, 2, [0.4]))["merge_method"] == "cabs"
+
+
+def test_a_speed_preset_sets_its_arguments_and_result_stem_and_later_flags_override_it():
+    args = speed_run.parse_args(["--preset", "ab", "--repeats", "5"])
+    assert args.stem == "results-ab" and args.skip_startup and args.focus_repeats == 3
+    assert args.repeats == 5
+    assert args.methods.split(",") == ["task_arithmetic", *variants.OURS]
+    assert speed_run.parse_args([]).stem == "results"
 
 
 def test_kernel_benchmark_reports_every_kernel(tmp_path):
@@ -79,6 +91,7 @@ def test_profile_reports_the_kernel_among_a_merges_costliest_functions(tmp_path)
     profile_merge.main(["--small", "--layers", "2", "--methods", "cabs@64",
                                 "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
     report = (tmp_path / "profile.md").read_text()
+    assert report.startswith("Regenerate: `python -m benchmarks.speed.profile_merge --small ")
     assert "## `cabs@64`:" in report
     assert report.count("\n| `") == 12  # the TOP rows of the one method
 

@@ -1,5 +1,5 @@
 """MergeKit's thread and shard options as users set them: ``task_arithmetic`` against
-``cabs@64`` on the 7B-shaped family of ``benchmarks.speed.run`` (which builds it).
+``cabs@64`` on the 7B-shaped family of ``benchmarks.speed.run`` (``inputs`` builds it).
 
     python -m benchmarks.speed.flags [--repeats 2] [--out benchmarks/speed/results/flags.json]
 
@@ -23,7 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from .run import HERE, MERGEKIT_YAML, SEVEN_B, build_checkpoints, layers_for, method_config
+from .inputs import SEVEN_B, build_checkpoints, layers_for
+from .timing import HERE, MERGEKIT_YAML
+from .variants import method_config
 
 FLAG_SETS = {"defaults": [], "-j 1": ["-j", "1"],
              "--out-shard-size 500M --async-write": ["--out-shard-size", "500M", "--async-write"]}

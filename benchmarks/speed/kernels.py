@@ -13,7 +13,8 @@ fp32 copy measured in the same run: the memory-bandwidth reference.
 ``--inputs finetune`` draws the tensor as ``benchmarks.speed.run`` draws its model families
 (Laplace deltas rounded into bf16: ~40% exact zeros, ``|tau|`` on a few ulp multiples, exact
 ties at most n:m thresholds) instead of the default Gaussian deltas.
-Writes JSON (and the same table as markdown next to it).
+Writes JSON and the same table as markdown next to it (``kernels_report``, which also draws
+it again from the JSON).
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ from mergekit_cabs.kernels import (
 )
 from mergekit_cabs.methods import CHUNK_ELEMENTS, METHODS_BY_NAME
 
-from .run import base_tensor, finetuned_tensor
+from .inputs import COLUMNS, TASKS, TENSOR_INPUTS
+from .kernels_report import write_report
+from .timing import cpu_name
 
-COLUMNS = 14336
-DENSITY, BLOCK_SIZE, TASKS = 0.25, 64, 3
-# Issue 21, on the full tensor at 2 threads: ns per element and task of the fused merges.
+DENSITY, BLOCK_SIZE = 0.25, 64
+# The targets, on the full tensor at 2 threads: ns per element and task of the fused merges.
 NS_TARGETS = {"fused CA merge, 3 tasks (default path)": 1.0,
               "fused CA magnitude merge, 3 tasks (default path)": 1.5,
               "fused CA DARE merge, 3 tasks (default path)": 1.5}
@@ -61,35 +63,6 @@ def set_threads(threads: int) -> None:
         import numba
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
-def synthetic_inputs(rows: int, device: str):
-    """(base, fine-tunes, float32 task vectors): bf16 like real checkpoints, 10% exact zeros
-    in every delta, and one tie-heavy task whose deltas are ~2.5 bf16 ulps of the weights."""
-    generator = torch.Generator().manual_seed(0)
-    shape = (rows, COLUMNS)
-    base = (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
-    tuned = []
-    for scale in (2e-3, 3e-4, 2e-3)[:TASKS]:
-        delta = torch.randn(shape, generator=generator) * scale
-        delta *= torch.rand(shape, generator=generator) >= 0.1
-        tuned.append((base.float() + delta).to(torch.bfloat16).to(device))
-    base = base.to(device)
-    taus = [t.float() - base.float() for t in tuned]
-    return base, tuned, taus
-
-
-def finetune_inputs(rows: int, device: str):
-    """(base, fine-tunes, float32 task vectors) drawn as the whole-merge benchmark draws its
-    model families (``run.finetuned_tensor``)."""
-    generator = torch.Generator().manual_seed(0)
-    base = base_tensor((rows, COLUMNS), generator)
-    tuned = [finetuned_tensor(base, generator).to(device) for _ in range(TASKS)]
-    base = base.to(device)
-    return base, tuned, [t.float() - base.float() for t in tuned]
-
-
-INPUTS = {"gaussian": synthetic_inputs, "finetune": finetune_inputs}
 
 
 def timings(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
@@ -163,35 +136,13 @@ def measure_all(table: dict, numel: int, repeats: int, device: str) -> dict[str,
 
 
 def kernel_targets(rows: dict, shape: tuple[int, int], threads: int, device: str):
-    """Issue 21's per-kernel targets, when this run is the one they are stated for."""
+    """The per-kernel targets, when this run is the one they are stated for."""
     if shape != (4096, COLUMNS) or threads != 2 or device != "cpu":
         return None
     return [{"target": f"{name}, 4096x14336, 2 threads <= {limit} ns/element/task",
              "ns_per_element_task": rows[name]["ns_per_element_task"],
              "met": rows[name]["ns_per_element_task"] <= limit}
             for name, limit in NS_TARGETS.items()]
-
-
-def markdown(result: dict) -> str:
-    lines = [f"One {result['shape'][0]}x{result['shape'][1]} tensor ({result['inputs']} inputs), {result['device']}, "
-             f"{result['threads']} threads, "
-             f"density {DENSITY}, block {BLOCK_SIZE}; {result['cpu']}; torch {result['torch']}. "
-             "GB/s counts inputs read + outputs written once.", "",
-             "| kernel | best s | median s | ns/element | ns/element/task | GB/s | x fp32 copy |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {row['best_s']:.3f} | {row['median_s']:.3f} | {row['ns_per_element']:.2f} | "
-              f"{row['ns_per_element_task']:.2f} | {row['gb_per_s']:.2f} | {row['x_copy']:.1f} |"
-              for name, row in result["rows"].items()]
-    for target in result["targets"] or []:
-        lines += ["", f"Target: {target['target']}: {target['ns_per_element_task']:.2f}, "
-                  f"{'met' if target['met'] else '**missed**'}."]
-    return "\n".join(lines) + "\n"
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
 
 
 def main(argv=None) -> dict:
@@ -201,22 +152,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=4096, help="rows of the 14336-column tensor")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--inputs", choices=sorted(INPUTS), default="gaussian")
+    parser.add_argument("--inputs", choices=sorted(TENSOR_INPUTS), default="gaussian")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels.json")
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
-    base, tuned, taus = INPUTS[args.inputs](args.rows, args.device)
+    base, tuned, taus = TENSOR_INPUTS[args.inputs](args.rows, args.device)
     shape = (args.rows, COLUMNS)
     rows = measure_all(cases(base, tuned, taus, args.device), base.numel(), args.repeats, args.device)
     result = {"shape": list(shape), "inputs": args.inputs, "threads": args.threads, "device": args.device,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-              "cpu": cpu_model(), "torch": torch.__version__, "density": DENSITY, "block_size": BLOCK_SIZE,
+              "cpu": cpu_name(), "torch": torch.__version__, "density": DENSITY, "block_size": BLOCK_SIZE,
               "repeats": args.repeats, "rows": rows, "targets": kernel_targets(rows, shape, args.threads, args.device)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(result))
-    for line in markdown(result).splitlines():
+    for line in write_report(result, args.out).splitlines():
         if line.startswith("Target:"):
             print(line)
     return result

@@ -1,11 +1,11 @@
 """Where a merge's time goes: ``mergekit-yaml`` in-process under cProfile, one method at a time.
 
-    python -m benchmarks.speed.profile_merge --methods task_arithmetic,cabs@64 --out benchmarks/speed/results
+    python -m benchmarks.speed.profile_merge     # results/profile.md: task_arithmetic, cabs@64, ca_magnitude_linear
 
 Uses the checkpoints ``benchmarks.speed.run`` builds (same ``--params`` / ``--layers``, same cache). For each
 method it runs MergeKit's own ``mergekit-yaml`` entry point in this process (so start-up
 imports are left out) and writes the functions with the most own time to ``profile.md``;
-time inside the compiled (numba) kernels is booked to ``_nm_merge`` / ``_tensor_merge``.
+time inside the compiled (numba) kernels is booked to ``nm_merge`` / ``tensor_merge``.
 Each merge writes into a temporary folder this tool creates under ``--work`` and removes
 whole afterwards (``scratch_folder``); nothing else there is touched.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import shlex
 import sys
 import tempfile
 import time
@@ -22,9 +23,12 @@ from pathlib import Path
 
 import yaml
 
-from .run import HERE, SEVEN_B, SMALL, build_checkpoints, expand_methods, layers_for, method_config
+from .inputs import SEVEN_B, SMALL, build_checkpoints, layers_for
+from .timing import HERE
+from .variants import expand_methods, method_config
 
 TOP = 12
+METHODS = ("task_arithmetic", "cabs@64", "ca_magnitude_linear")  # MergeKit's reference and both kernels
 
 
 def scratch_folder(work: Path) -> tempfile.TemporaryDirectory:
@@ -63,7 +67,7 @@ def top_rows(stats: pstats.Stats, wall: float) -> list[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed.profile_merge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="task_arithmetic,cabs@64")
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--params", type=float, default=0.7e9)
     parser.add_argument("--layers", type=int)
     parser.add_argument("--work", type=Path, default=HERE / "work")
@@ -72,9 +76,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     dims = SMALL if args.small else SEVEN_B
     checkpoints = build_checkpoints(args.work, args.layers or layers_for(args.params, dims), dims)
-    lines = [f"cProfile of in-process `mergekit-yaml` (start-up imports excluded), {checkpoints.params_per_model / 1e9:.3f} B "
-             f"bf16 params per model, base + {len(checkpoints.finetuned)} fine-tunes. Command: "
-             f"`python -m benchmarks.speed.profile_merge {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
+    command = shlex.join(["python", "-m", "benchmarks.speed.profile_merge", *(sys.argv[1:] if argv is None else argv)])
+    lines = [f"Regenerate: `{command}`.", "",
+             f"cProfile of in-process `mergekit-yaml` (start-up imports excluded), {checkpoints.params_per_model / 1e9:.3f} B "
+             f"bf16 params per model, base + {len(checkpoints.finetuned)} fine-tunes.", ""]
     for variant in expand_methods(args.methods):
         with scratch_folder(args.work) as scratch:
             wall, stats = profile_merge(variant, checkpoints, Path(scratch))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+from mergekit_cabs.versions import installed_version
+
 
 class IncompatibleMergeKit(RuntimeError):
     """The installed host is not one whose internals an adapter was written against."""
@@ -28,13 +30,8 @@ def mark_ours(wrapper: Callable, wrapped: Callable) -> Callable:
     return wrapper
 
 
-def installed_version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
+def shown_version(package: str) -> str:
+    return installed_version(package) or "unknown"
 
 
 def _advice(package: str, supported: str) -> str:
@@ -59,7 +56,7 @@ def require_host_object(obj: Any, module: str, parameters: tuple[str, ...], purp
     if problem:
         name = getattr(obj, "__qualname__", "the function")
         raise IncompatibleMergeKit(
-            f"mergekit-cabs cannot attach to {_host(package)} {installed_version(package)}: "
+            f"mergekit-cabs cannot attach to {_host(package)} {shown_version(package)}: "
             f"{module}.{name} {problem}; it needs that function for {purpose}. "
             + _advice(package, supported))
 
@@ -70,7 +67,7 @@ def require_same_binding(bound: Any, original: Any, where: str, purpose: str, pa
     if bound is original or is_ours(bound):
         return
     raise IncompatibleMergeKit(
-        f"mergekit-cabs cannot attach to {_host(package)} {installed_version(package)}: {where} "
+        f"mergekit-cabs cannot attach to {_host(package)} {shown_version(package)}: {where} "
         f"is not the function it imports in {package} {supported}; it needs it for {purpose}. "
         + _advice(package, supported))
 
@@ -78,7 +75,7 @@ def require_same_binding(bound: Any, original: Any, where: str, purpose: str, pa
 def missing_capability(package: str, what: str, supported: str) -> IncompatibleMergeKit:
     """The error for a host whose merge-method API lacks ``what``."""
     return IncompatibleMergeKit(
-        f"mergekit-cabs cannot attach to {_host(package)} {installed_version(package)}: {what}. "
+        f"mergekit-cabs cannot attach to {_host(package)} {shown_version(package)}: {what}. "
         + _advice(package, supported))
 
 

@@ -51,8 +51,9 @@ from mergekit_cabs.methods import (
 )
 from mergekit_cabs.validation import check_group_inputs, parameter_error
 
-PACKAGE = "mergekit"
-SUPPORTED = "0.1.5"
+# This module is an adapter of the ``hosts`` table: the package it serves, the release it follows.
+package = "mergekit"
+supported = "0.1.5"
 
 _RESOLVE_PARAMETERS = ("spec", "tensor_name", "inputs", "sources", "base_model", "t")
 _PLAN_TENSOR = ("self", "weight", "weights_in", "models", "cfg_reader")
@@ -82,9 +83,9 @@ def per_model_scope(base: Any) -> dict:
     elif hasattr(base.ParameterScope, "NON_BASE"):
         return {"scope": base.ParameterScope.NON_BASE}
     raise missing_capability(
-        PACKAGE, "its ParameterSpec has neither ParameterScope.NON_BASE nor one "
+        package, "its ParameterSpec has neither ParameterScope.NON_BASE nor one "
         "InputParameterTarget field with NON_BASE, so no parameter can be set per fine-tuned "
-        "model", SUPPORTED)
+        "model", supported)
 
 
 def host_spec(parameter: Parameter, base: Any) -> Any:
@@ -269,10 +270,10 @@ def install_changes() -> None:
     from mergekit_cabs.card import card_with_our_sections
 
     def require(obj, module, parameters, purpose):
-        require_host_object(obj, module, parameters, purpose, PACKAGE, SUPPORTED)
+        require_host_object(obj, module, parameters, purpose, package, supported)
 
     def same(bound, original, where, purpose):
-        require_same_binding(bound, original, where, purpose, PACKAGE, SUPPORTED)
+        require_same_binding(bound, original, where, purpose, package, supported)
 
     planning = "the planning checks of mergekit-cabs's methods"
     require(resolver.resolve_parameters, "mergekit.parameter_resolver", _RESOLVE_PARAMETERS, planning)

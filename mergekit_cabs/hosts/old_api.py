@@ -77,6 +77,9 @@ class OldApiHost:
         base = self.module("merge_methods.base")
         return hasattr(base, "ConfigParameterDef") and not hasattr(base, "GroupMergeMethod")
 
+    def register(self) -> tuple[str, ...]:
+        return register_methods(self)
+
 
 MERGEKIT_014 = OldApiHost("mergekit", "mergekit.graph", "0.1.4")
 MERGEKITTY = OldApiHost("mergekitty", "mergekitty.task", "0.3.1.post2")
@@ -277,7 +280,7 @@ def slice_sources(host: OldApiHost, config: Any, out_slice: Any, module: Any) ->
             [(str(m), tuple(setting_sources(reader, m))) for m in tasks])
 
 
-def register(host: OldApiHost) -> tuple[str, ...]:
+def register_methods(host: OldApiHost) -> tuple[str, ...]:
     """Install our changes in ``host``, then put every method of the table in its registry
     (idempotent; a name taken by another method is an error)."""
     install_changes(host)

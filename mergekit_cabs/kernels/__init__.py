@@ -7,7 +7,8 @@ Modules, in the direction data flows (each imports only those before it):
 - the torch path: ``masks`` (n:m, magnitude, random, conflict-aware), ``combine`` (TIES,
   linear, ``masked_merge``), ``per_tensor`` (the chunked per-tensor merge), ``torch_path``
   (its ``merge_chunk``);
-- ``compiled``: the same ``merge_chunk`` in numba, with ``supports(recipe, base, tuned)``;
+- ``compiled``: the same ``merge_chunk`` in numba, with ``supports(recipe, base, tuned)``
+  (a package: ``common`` helpers, the ``nm`` kernel, the ``per_tensor`` kernel);
 - ``rescale``: the norm rescale's per-model factors (``rescale: l1`` / ``l2``), from the
   torch path's masks;
 - ``dispatch``: ``checked_merge(recipe, base, tuned, args)`` (the tensor and whether it is

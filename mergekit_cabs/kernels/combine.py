@@ -1,7 +1,7 @@
 """Combines of the torch path: TIES and linear, and the masked merge of one slice.
 
 Sums run in task order, in float32, so every implementation of these formulas (the
-compiled path's ``_combine_tile`` included) gives the same bits.
+compiled path's ``compiled.common.combine_tile`` included) gives the same bits.
 """
 
 from __future__ import annotations

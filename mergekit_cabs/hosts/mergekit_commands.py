@@ -1,12 +1,14 @@
-"""MergeKit's command line as ``mergekit-cabs merge`` runs it, and the names it knows."""
+"""What this package's commands ask of MergeKit itself (``mergekit-cabs merge`` wraps
+``mergekit-yaml``; mergekit 0.1.5 and 0.1.4): its ``mergekit-yaml`` command, and the names
+of the merge methods it knows, ours included once registered."""
 
 from __future__ import annotations
 
-from typing import Any
+import click
 
 
-def mergekit_yaml_command() -> Any:
-    """MergeKit's ``mergekit-yaml`` click command."""
+def mergekit_yaml() -> click.Command:
+    """MergeKit's ``mergekit-yaml`` command (imports MergeKit)."""
     from mergekit.scripts.run_yaml import main
 
     return main
