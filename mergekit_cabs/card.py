@@ -35,10 +35,11 @@ from mergekit_cabs.card_listing import (
 )
 from mergekit_cabs.hosts.model_paths import paths_unchecked
 from mergekit_cabs.keep_counts import tensor_keep_counts
-from mergekit_cabs.kernels import Combine, Recipe, keep_count
-from mergekit_cabs.methods import METHOD_TABLE, METHODS_BY_NAME, MethodInfo, strategy_for
+from mergekit_cabs.kernels import Recipe, keep_count
+from mergekit_cabs.methods import METHOD_TABLE, METHODS_BY_NAME, MethodInfo
+from mergekit_cabs.strategies import combine_for, strategy_for
 from mergekit_cabs.papers import CABS_PAPER, DARE_PAPER, TIES_PAPER, Paper
-from mergekit_cabs.provenance import read_search_record
+from mergekit_cabs.provenance import read_search_record, search_paragraph
 
 __all__ = ["CABS_PAPER", "DARE_PAPER", "TIES_PAPER", "Paper", "papers_for", "extend_card",
            "procedure_paragraph", "disjointness_sentence", "card_with_our_sections"]
@@ -169,7 +170,7 @@ def _scale_term(recipe: Recipe, rescale: Any) -> str:
     norm rescale's ``wᵢ · cᵢ``."""
     if rescale not in (None, "none"):
         return "wᵢ · cᵢ"
-    return "wᵢ / densityᵢ" if strategy_for(recipe.sparsifier).rescales else "wᵢ"
+    return "wᵢ / densityᵢ" if recipe.sparsifier.rescales else "wᵢ"
 
 
 def rescale_sentence(rescale: Any) -> str:
@@ -184,19 +185,12 @@ def rescale_sentence(rescale: Any) -> str:
 
 
 def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any, rescale: Any = None) -> str:
-    scale = _scale_term(recipe, rescale)
-    if recipe.combine is Combine.TIES:
-        text = (f"The pruned task vectors, each multiplied by {scale}, were combined "
-                f"TIES-style ([{TIES_PAPER.label}]({TIES_PAPER.url})): at each position the "
-                "sign of their sum was elected and only the entries agreeing with it were added")
-        divisor = "the sum of the agreeing models' weights"
-    else:
-        text = f"The pruned task vectors, each multiplied by {scale}, were summed"
-        divisor = "the sum of the weights"
+    combine = combine_for(recipe.combine)
+    text = f"The pruned task vectors, each multiplied by {_scale_term(recipe, rescale)}, {combine.card_clause}"
     if normalize is VARIES:
-        text += f" (normalized by {divisor} for some tensors)"
+        text += f" (normalized by {combine.divisor_words} for some tensors)"
     elif normalize:
-        text += f" and divided by {divisor} (`normalize: true`)"
+        text += f" and divided by {combine.divisor_words} (`normalize: true`)"
     else:
         text += " without normalization"
     return (text + f"; the result was scaled by λ = {_number(lam)} and added to the base model."
@@ -205,7 +199,7 @@ def _combine_sentence(recipe: Recipe, lam: Any, normalize: Any, rescale: Any = N
 
 def _formula(recipe: Recipe, rescale: Any = None) -> str:
     term = _scale_term(recipe, rescale).replace("densityᵢ", "dᵢ") + " · (Mᵢ ⊙ τᵢ)"
-    combined = f"TIES({{{term}}})" if recipe.combine is Combine.TIES else f"Σᵢ {term}"
+    combined = combine_for(recipe.combine).formula.format(term=term)
     return f"`θ = θ_base + λ · {combined}`, with τᵢ = θᵢ − θ_base and Mᵢ the mask of model i."
 
 
@@ -288,35 +282,6 @@ def citation_section(papers: Sequence[Paper]) -> str:
     entries = "\n\n".join(p.bibtex for p in papers)
     return (f"## Citation\n\nThis merge used the method of {names}. If you use this model, "
             f"please cite:\n\n```bibtex\n{entries}\n```\n")
-
-
-SEARCH_LOSS_WORDS = {
-    "nll": "mean next-token cross-entropy (nats per predicted token)",
-    "error": "calibration error (the mean over texts of 1 − the mean probability of its predicted tokens)",
-}
-
-
-def search_paragraph(record: Optional[Mapping[str, Any]]) -> str:
-    """How ``mergekit-cabs search`` found the weights, from the record its ``merge.yml``
-    carries (``provenance``); empty for a config the search did not write."""
-    if not record:
-        return ""
-    try:
-        tasks = "; ".join(
-            f"`{t['data']}`" + (f" ({t['texts']} texts, {t['predicted_tokens']} predicted tokens)" if "texts" in t else "")
-            + f": {t['start_loss']:.4g} → {t['best_loss']:.4g}" for t in record["tasks"])
-        stages = ("a shared factor 2^k for every weight, then CMA-ES" if record.get("shared_stage")
-                  else "CMA-ES") + (" on log2 of the weights" if record.get("log_scale") else "")
-        return (f"The weights were found by `mergekit-cabs search` (mergekit-cabs {record['version']}): "
-                f"{record['evaluated']} evaluations of {stages} within [{record['bounds'][0]:g}, "
-                f"{record['bounds'][1]:g}], from the start weights {record['start_weights']}, minimising the "
-                f"`{record['fitness']}` fitness (α = {record['alpha']:g}, β = {record['beta']:g}) of each task's "
-                f"{SEARCH_LOSS_WORDS.get(record.get('loss'), 'loss')} on its calibration data (start → found): "
-                f"{tasks}.")
-    except (KeyError, TypeError, ValueError):
-        LOG.warning("mergekit_cabs: the config's mergekit-cabs-search record is incomplete; the model "
-                    "card does not say how the weights were found.")
-        return ""
 
 
 def extend_card(card: str, info: MethodInfo, config: Any,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from mergekit_cabs.kernels import Recipe, Sparsifier, keep_count, tail_keep_counts
+from mergekit_cabs.kernels import Recipe, keep_count, tail_keep_counts
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def tensor_keep_counts(
     recipe: Recipe, densities: Sequence[float], block_size: Optional[int], numel: int
 ) -> TensorKeepCounts:
     """The keep counts a tensor of ``numel`` elements gets from ``recipe`` at ``densities``."""
-    if recipe.sparsifier is not Sparsifier.NM:
+    if not recipe.sparsifier.blocks:
         counts = tuple(keep_count(d, numel) for d in densities)
         return TensorKeepCounts(numel, counts, 1 if numel else 0, 0, ())
     counts = tuple(keep_count(d, block_size) for d in densities)

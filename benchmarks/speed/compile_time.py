@@ -12,12 +12,12 @@ import time
 started = time.perf_counter()
 import torch  # noqa: E402
 
-from mergekit_cabs.kernels import Combine, MergeArgs, Recipe, Sparsifier, merge_tensor  # noqa: E402
+from mergekit_cabs.kernels import SPARSIFIERS, Combine, MergeArgs, Recipe, merge_tensor  # noqa: E402
 
 imported = time.perf_counter()
 base = torch.randn(256, 512).to(torch.bfloat16)
 tuned = [(base.float() + 0.01 * torch.randn(256, 512)).to(torch.bfloat16) for _ in range(3)]
-for sparsifier in Sparsifier:
+for sparsifier in SPARSIFIERS:
     merge_tensor(Recipe(sparsifier, True, Combine.SUM), base, tuned, MergeArgs([1.0] * 3, [0.25] * 3, 64,
                  seeds=[1, 2, 3], compiled=True))
 merged = time.perf_counter()

@@ -43,6 +43,7 @@ from mergekit_cabs.kernels.rescale import RESCALE_NORMS, NormSums, norm_spans, s
 from mergekit_cabs.kernels.rules import (
     Combine,
     MergeArgs,
+    SPARSIFIERS,
     Recipe,
     Sparsifier,
     keep_count,
@@ -58,7 +59,7 @@ from mergekit_cabs.kernels.rules import (
 )
 
 __all__ = [
-    "RESCALE_NORMS", "TORCH_KERNELS_ENV", "Combine", "MergeArgs", "Merged", "NormSums", "Recipe", "Sparsifier",
+    "RESCALE_NORMS", "SPARSIFIERS", "TORCH_KERNELS_ENV", "Combine", "MergeArgs", "Merged", "NormSums", "Recipe", "Sparsifier",
     "block_top_mask", "norm_spans", "stable_sum", "with_norm_factors",
     "checked_merge", "combined_deltas", "masked_deltas",
     "compiled_module", "conflict_aware_masks", "keep_count", "linear_combine", "magnitude_mask",

@@ -17,7 +17,7 @@ import torch
 
 from mergekit_cabs.kernels import torch_path
 from mergekit_cabs.kernels.rescale import with_norm_factors
-from mergekit_cabs.kernels.rules import MergeArgs, Recipe, Sparsifier
+from mergekit_cabs.kernels.rules import MergeArgs, Recipe
 
 # Set to 1 to run the torch path on CPU too (the reference; what runs without numba).
 TORCH_KERNELS_ENV = "MERGEKIT_CABS_TORCH_KERNELS"
@@ -66,7 +66,7 @@ def check_model_counts(recipe: Recipe, tuned: Sequence[torch.Tensor], args: Merg
     if len(args.weights) != len(tuned):
         raise ValueError(f"one weight and one density per model: {len(args.weights)} for "
                          f"{len(tuned)} models")
-    if recipe.sparsifier is Sparsifier.RANDOM and len(args.seeds) != len(tuned):
+    if recipe.sparsifier.random and len(args.seeds) != len(tuned):
         raise ValueError(f"random masks need one seed per model: {len(args.seeds)} seeds for "
                          f"{len(tuned)} models")
 
@@ -100,7 +100,7 @@ def checked_merge(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tens
     flat_base = base.reshape(-1)
     flat_tuned = [t.reshape(-1) for t in tuned]
     out = torch.empty(flat_base.shape, dtype=base.dtype, device=base.device)
-    chunked = recipe.sparsifier is Sparsifier.NM and path is torch_path
+    chunked = recipe.sparsifier.blocks and path is torch_path
     spans = (nm_chunk_spans(flat_base.numel(), args.block_size, args.chunk_blocks)
              if chunked else [(0, flat_base.numel())])
     finite = True

@@ -18,7 +18,6 @@ from mergekit_cabs.kernels.rules import (
     RANDOM_SCORE_BITS,
     U32,
     Recipe,
-    Sparsifier,
     keep_count,
     mix32,
     random_score_keys,
@@ -155,17 +154,14 @@ def task_masks(
     block_size: int,
     seeds: Sequence[int] = (),
 ) -> list[torch.Tensor]:
-    """Masks of ``taus`` (each one tensor, or one chunk of whole n:m blocks) for ``recipe``."""
-    if recipe.sparsifier is Sparsifier.NM:
-        m = block_size
-    else:
-        m = max(taus[0].numel(), 1)
+    """Masks of ``taus`` (each one tensor, or one chunk of whole blocks) for ``recipe``: the
+    sparsifier's scores (``|tau|``, or seeded draws where it is ``random``), top ``n`` per
+    block of ``block_size`` (the whole tensor where it has no ``blocks``)."""
+    m = block_size if recipe.sparsifier.blocks else max(taus[0].numel(), 1)
     ns = [keep_count(d, m) for d in densities]
+    scores = [random_scores(t.shape, s, t.device) for t, s in zip(taus, seeds)] if recipe.sparsifier.random else None
     if recipe.conflict_aware:
-        scores = None
-        if recipe.sparsifier is Sparsifier.RANDOM:
-            scores = [random_scores(t.shape, s, t.device) for t, s in zip(taus, seeds)]
         return conflict_aware_masks(taus, ns, m, scores)
-    if recipe.sparsifier is Sparsifier.RANDOM:
-        return [random_mask(t, d, s) for t, d, s in zip(taus, densities, seeds)]
+    if scores is not None:
+        return [block_top_mask(score_bits(score), n, m) & (t != 0) for t, n, score in zip(taus, ns, scores)]
     return [nm_mask(t, n, m) for t, n in zip(taus, ns)]

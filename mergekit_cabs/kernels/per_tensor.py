@@ -15,7 +15,7 @@ import torch
 
 from mergekit_cabs.kernels.combine import masked_merge
 from mergekit_cabs.kernels.masks import random_scores
-from mergekit_cabs.kernels.rules import CLAIMED_OFFSET, MergeArgs, Recipe, Sparsifier, keep_count, score_bits
+from mergekit_cabs.kernels.rules import CLAIMED_OFFSET, MergeArgs, Recipe, keep_count, score_bits
 
 # Keys are ranked by a two-pass radix select: a histogram of the high 16 bits finds the bin
 # holding the threshold, a histogram of the low 16 bits inside that bin finds the threshold.
@@ -142,7 +142,7 @@ class PerTensorMerge:
 
     def chunk_keys(self, task: int, lo: int, hi: int) -> torch.Tensor:
         """``task``'s score keys on ``[lo, hi)``, claimed positions shifted down when conflict-aware."""
-        if self.recipe.sparsifier is Sparsifier.RANDOM:
+        if self.recipe.sparsifier.random:
             score = random_scores((hi - lo,), self.args.seeds[task], self.base.device, offset=lo)
         else:
             score = self.task_vector(task, lo, hi)

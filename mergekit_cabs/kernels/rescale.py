@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from mergekit_cabs.kernels.rules import MergeArgs, Recipe, Sparsifier
+from mergekit_cabs.kernels.rules import MergeArgs, Recipe
 
 NORM_SPAN = 1 << 22
 STABLE_ROW = 1024
@@ -44,7 +44,7 @@ def stable_sum(values: torch.Tensor) -> float:
 def norm_spans(recipe: Recipe, numel: int, block_size: int) -> list[tuple[int, int]]:
     """``[lo, hi)`` spans the sums run over: n:m spans of whole blocks (the tail block alone),
     else plain spans of ``NORM_SPAN``."""
-    if recipe.sparsifier is Sparsifier.NM:
+    if recipe.sparsifier.blocks:
         step = max(1, NORM_SPAN // block_size) * block_size
         full = numel // block_size * block_size
         spans = [(lo, min(lo + step, full)) for lo in range(0, full, step)]
@@ -114,7 +114,7 @@ def with_norm_factors(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.
     """``args`` with ``norm_factors`` of ``args.rescale`` (unchanged without a rescale)."""
     if args.rescale is None or args.norm_factors:
         return args
-    sums = (nm_norm_sums if recipe.sparsifier is Sparsifier.NM else per_tensor_norm_sums)(
+    sums = (nm_norm_sums if recipe.sparsifier.blocks else per_tensor_norm_sums)(
         recipe, base.reshape(-1), [t.reshape(-1) for t in tuned], args)
     return dataclasses.replace(args, norm_factors=sums.factors(args.rescale))
 

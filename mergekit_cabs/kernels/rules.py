@@ -31,12 +31,29 @@ from typing import Optional, Sequence
 import torch
 
 
-class Sparsifier(str, Enum):
-    """Which positions of a task vector survive."""
+@dataclass(frozen=True)
+class Sparsifier:
+    """Which positions of a task vector survive, as traits every kernel path reads.
 
-    NM = "n:m"  # top n of |tau| in every block of m contiguous elements
-    MAGNITUDE = "magnitude"  # top round(density * numel) of |tau| in the whole tensor
-    RANDOM = "random"  # uniformly random round(density * numel) positions (DARE)
+    Every sparsifier gives each position a score and keeps the ``n`` best nonzero ones of
+    every block (the selection rule above). ``blocks``: the flattened tensor is cut into
+    independent blocks of ``MergeArgs.block_size`` elements (n:m), the short tail one of its
+    own; else the whole tensor is one block. ``random``: the score is a seeded uniform draw
+    (one seed per model, ``random_scores``), else ``|tau|``. ``rescales``: kept entries are
+    scaled by ``1 / density`` (DARE). ``value`` names it in recipes, reports and test ids.
+    The named ones are ``Sparsifier.NM``, ``.MAGNITUDE`` and ``.RANDOM`` (``SPARSIFIERS``).
+    """
+
+    value: str
+    blocks: bool
+    random: bool = False
+    rescales: bool = False
+
+
+Sparsifier.NM = Sparsifier("n:m", blocks=True)  # top n of |tau| in every block of m elements
+Sparsifier.MAGNITUDE = Sparsifier("magnitude", blocks=False)  # top round(d * numel) of |tau|
+Sparsifier.RANDOM = Sparsifier("random", blocks=False, random=True, rescales=True)  # DARE
+SPARSIFIERS = (Sparsifier.NM, Sparsifier.MAGNITUDE, Sparsifier.RANDOM)
 
 
 class Combine(str, Enum):
@@ -56,8 +73,8 @@ class Recipe:
 
     @property
     def rescales(self) -> bool:
-        """DARE rescales kept entries by 1 / density; nothing else rescales."""
-        return self.sparsifier is Sparsifier.RANDOM
+        """Whether the sparsifier scales kept entries by 1 / density (DARE)."""
+        return self.sparsifier.rescales
 
 
 def round_half_up(x: float) -> int:
@@ -212,9 +229,10 @@ class MergeArgs:
         return merge_scales(recipe, self.weights, self.densities, self.norm_factors)
 
     def block_length(self, recipe: Recipe, numel: int) -> int:
-        """The ``m`` a keep count refers to: ``block_size`` for n:m, else the whole tensor
-        (per-tensor magnitude and random are n:m with one block spanning the tensor)."""
-        return self.block_size if recipe.sparsifier is Sparsifier.NM else max(numel, 1)
+        """The ``m`` a keep count refers to: ``block_size`` where the sparsifier has blocks,
+        else the whole tensor (per-tensor magnitude and random are n:m with one block
+        spanning the tensor)."""
+        return self.block_size if recipe.sparsifier.blocks else max(numel, 1)
 
     def keep_counts(self, recipe: Recipe, numel: int) -> list[int]:
         """``n_i = round(density_i * m)`` with ``m`` from ``block_length``."""

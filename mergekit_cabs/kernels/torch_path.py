@@ -10,7 +10,7 @@ import torch
 from mergekit_cabs.kernels.combine import masked_merge
 from mergekit_cabs.kernels.masks import task_masks
 from mergekit_cabs.kernels.per_tensor import per_tensor_merge
-from mergekit_cabs.kernels.rules import MergeArgs, Recipe, Sparsifier
+from mergekit_cabs.kernels.rules import MergeArgs, Recipe
 
 
 def all_finite(values: torch.Tensor) -> bool:
@@ -28,7 +28,7 @@ def merge_chunk(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor
     passes of ``args.chunk_elements``, already in ``base``'s dtype). A dropped entry of a
     delta is ``(s_i * w_i * tau_i) * 0``, a signed zero. Returns whether every merged value
     is finite."""
-    if recipe.sparsifier is not Sparsifier.NM:
+    if not recipe.sparsifier.blocks:
         per_tensor_merge(recipe, base, tuned, args, out)
         return all_finite(out)
     base32 = base.to(torch.float32)

@@ -145,7 +145,8 @@ def tensor_inputs(search: SearchConfig, job: planning.TensorJob, seed: int, resu
         dtype = torch.promote_types(dtype, value.dtype)
     values = [v.to(dtype) for v in values]
     return TensorInputs(name=job.name, base=values[0], tuned=tuple(values[1:]), written_dtype=out_dtype or dtype,
-                        recipe=search.info.recipe, densities=tuple(job.densities), block_size=job.block_size or 1,
+                        recipe=search.info.recipe, densities=tuple(job.densities),
+                        block_size=search.info.sparsifier.block_length(job.block_size, tuple(values[0].shape)),
                         lam=float(job.lam), normalize=bool(job.normalize), seed=seed, rescale=job.rescale)
 
 

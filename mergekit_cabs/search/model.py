@@ -172,10 +172,9 @@ class CandidateModel:
 
 def resolve_random_seed(search: SearchConfig, random_seed: Optional[int]) -> int:
     """The seed of the DARE variants' masks: the merge's ``--random-seed``, which they need."""
-    from mergekit_cabs.kernels import Sparsifier
 
     if random_seed is None:
-        if search.info.recipe.sparsifier is Sparsifier.RANDOM:
+        if search.info.recipe.sparsifier.random:
             raise SearchInputError(
                 f"{search.path}: {search.info.name} draws its masks from the merge's --random-seed; "
                 "pass --random-seed N to the search and merge merge.yml with mergekit-yaml "

@@ -38,7 +38,6 @@ from mergekit_cabs.kernels import (
     MergeArgs,
     NormSums,
     Recipe,
-    Sparsifier,
     combined_deltas,
     norm_spans,
     task_masks,
@@ -119,7 +118,7 @@ def model_masks(inputs: TensorInputs, base: torch.Tensor, tuned: Sequence[torch.
     sparsifiers rank the whole tensor in one pass."""
     numel = base.numel()
     seeds = [tensor_seed(inputs.seed, inputs.name, i) for i in range(len(tuned))]
-    nm = inputs.recipe.sparsifier is Sparsifier.NM
+    nm = inputs.recipe.sparsifier.blocks
     spans = norm_spans(inputs.recipe, numel, inputs.block_size)
     masks = [torch.zeros(numel, dtype=torch.bool, device=base.device) for _ in tuned]
     if not nm:

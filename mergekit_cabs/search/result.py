@@ -15,11 +15,13 @@ from typing import Optional, Sequence
 
 from mergekit_cabs.hosts.planning import planned_weights
 from mergekit_cabs.provenance import search_comment
+from mergekit_cabs.versions import installed_version, versions
 from mergekit_cabs.search.config import SearchConfig, merge_config_text
 from mergekit_cabs.search.engine import Evaluation, weights_at_bounds
 from mergekit_cabs.search.model import CandidateModel
 
 OUTPUT_KIND = "mergekit-cabs search"
+RECORDED_DISTRIBUTIONS = ("mergekit-cabs", "mergekit", "torch", "transformers", "cmaes", "numpy")
 
 
 @dataclass
@@ -55,7 +57,7 @@ class SearchResult:
             task.update(sizes)
         keys = ("fitness", "alpha", "beta", "evaluations", "shared_stage", "log_scale", "bounds", "layer_groups",
                 "loss")
-        return {"version": package_versions()["mergekit-cabs"], "evaluated": len(self.evaluations),
+        return {"version": installed_version("mergekit-cabs"), "evaluated": len(self.evaluations),
                 "start_weights": self.weights_record(self.start.weights), "tasks": tasks,
                 **{k: self.settings.get(k) for k in keys}}
 
@@ -89,7 +91,7 @@ class SearchResult:
             "scales": [{"model": m, "group": g} for m, g in self.scales],
             "kept_shares": self.kept_shares, "calibration": list(self.calibration),
             "settings": self.settings, "compact_task_vector_bytes": self.compact_bytes,
-            "versions": package_versions(), "wall_seconds": round(self.wall_seconds, 3),
+            "versions": versions(RECORDED_DISTRIBUTIONS), "wall_seconds": round(self.wall_seconds, 3),
         }
 
 
@@ -105,16 +107,3 @@ def checked_merge_config(search: SearchConfig, candidate: CandidateModel, result
                                f"{expected(name)}; MergeKit resolves parameter filters differently "
                                "than mergekit_cabs.search.groups.GROUP_FILTERS assumes.")
     return text
-
-
-def package_versions() -> dict:
-    import platform
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for package in ("mergekit-cabs", "mergekit", "torch", "transformers", "cmaes", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions

@@ -3,9 +3,9 @@
 numba is a dependency, so this is the default CPU path; ``MERGEKIT_CABS_TORCH_KERNELS=1``
 (read by ``dispatch.compiled_module``, which imports this package on first use) forces the
 torch path instead. ``supports`` says per recipe and tensors whether this path implements
-the merge: the sparsifiers of ``_KERNELS`` and the combines of ``_TIES_FLAG``, on CPU
-float32/bfloat16 tensors. Any other recipe runs on the torch path, so a sparsifier added
-there never runs here ranked by ``|tau|``.
+the merge: the sparsifiers whose traits a kernel here implements (``implemented``) and the
+combines of ``_TIES_FLAG``, on CPU float32/bfloat16 tensors. Any other recipe runs on the
+torch path.
 
 Both kernels work on tiles of the flat tensors: base and task vectors are read once per tile
 into float32 scratch (``tau = f32(tuned) - f32(base)``), each task's keys are formed as in
@@ -25,7 +25,7 @@ site-packages), to numba's user-wide cache directory (``tests/test_compiled.py``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+
 from typing import Sequence
 
 import numba
@@ -48,28 +48,21 @@ from mergekit_cabs.kernels.rules import (
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
 
-@dataclass(frozen=True)
-class _Kernel:
-    """How a sparsifier runs here: in n:m blocks (``nm_merge``) or in one block spanning
-    the tensor (``tensor_merge``), ranked by ``|tau|`` or by random draws."""
-
-    blocks: bool
-    random_draws: bool
+def implemented(sparsifier: Sparsifier) -> bool:
+    """Whether a kernel here runs ``sparsifier``, by its traits: ``|tau|`` in blocks
+    (``nm_merge``), or ``|tau|`` or random draws in one block spanning the tensor
+    (``tensor_merge``). Random draws in blocks have no kernel here."""
+    return not (sparsifier.blocks and sparsifier.random)
 
 
-_KERNELS = {
-    Sparsifier.NM: _Kernel(blocks=True, random_draws=False),
-    Sparsifier.MAGNITUDE: _Kernel(blocks=False, random_draws=False),
-    Sparsifier.RANDOM: _Kernel(blocks=False, random_draws=True),
-}
 _TIES_FLAG = {Combine.SUM: False, Combine.TIES: True}  # the combines ``combine_tile`` implements
 
 
 def supports(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor]) -> bool:
-    """Whether this path implements ``recipe`` (its sparsifier in ``_KERNELS``, its combine
+    """Whether this path implements ``recipe`` (its sparsifier ``implemented``, its combine
     in ``_TIES_FLAG``) on these tensors: CPU, float32 or bfloat16, all of one dtype."""
     return (
-        recipe.sparsifier in _KERNELS and recipe.combine in _TIES_FLAG
+        implemented(recipe.sparsifier) and recipe.combine in _TIES_FLAG
         and base.device.type == "cpu" and base.dtype in SUPPORTED_DTYPES
         and all(t.dtype == base.dtype and t.device.type == "cpu" for t in tuned)
     )
@@ -99,7 +92,6 @@ def merge_chunk(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor
                          "check compiled.supports first")
     if out.dtype != base.dtype or not out.is_contiguous() or out.numel() != base.numel():
         raise ValueError("out must be a contiguous tensor of base's dtype and size")
-    kernel = _KERNELS[recipe.sparsifier]
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     flat = [t.detach().reshape(-1).contiguous() for t in (base, *tuned)]  # alive for the call
@@ -109,12 +101,12 @@ def merge_chunk(recipe: Recipe, base: torch.Tensor, tuned: Sequence[torch.Tensor
     output = Output(out.data_ptr(), bf16)
     quotas = np.asarray(args.keep_counts(recipe, numel), np.int64)
     params = _combine_params(recipe, args)
-    if kernel.blocks:
+    if recipe.sparsifier.blocks:
         m = args.block_size
         tail_ns = tail_keep_counts(quotas.tolist(), numel % m, m, recipe.conflict_aware)
         blocks = Blocks(quotas, np.asarray(tail_ns, np.int64), m, recipe.conflict_aware)
         return not nm_merge(sources, blocks, params, _thread_groups(-(-numel // m), threads), output)
-    seeds = args.seeds if kernel.random_draws else ()
+    seeds = args.seeds if recipe.sparsifier.random else ()
     draw_keys = np.array([random_score_keys(s) for s in seeds], np.uint64).reshape(-1, 2)
     ranking = Ranking(quotas, draw_keys, recipe.conflict_aware)
     # int32 histogram bins: no group may span 2^31 elements

@@ -32,7 +32,7 @@ from mergekit_cabs.kernels.compiled.common import (
 
 # The sha256 of ``common`` and the constants of ``rules``, which this file's cached kernels embed:
 # numba sees a change there only as a change here (``common``'s docstring; tests/test_compiled.py).
-EMBEDDED_SHA256 = "ad8f75b79c4834d5e76ef7f186731b8a41f9ff9c811e4367869c506e6ae9e65d"
+EMBEDDED_SHA256 = "bd119455005acca0ba232caaf72cc2456fb35cb3d24e227d52f4db9df26fc6f0"
 
 
 @njit(cache=True, inline="always")
