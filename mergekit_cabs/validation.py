@@ -328,10 +328,10 @@ def warn_if_starved(method: str, tensor: str, models: Sequence[Any], densities: 
         return
     _noticed.add(key)
     where = "each block" if block_size else "each tensor"
-    named = "; ".join(f"{models[s.index]} (model {s.index + 1} of {len(models)}) finds {s.free_share:.0%} of "
-                      f"{where} free for its {s.keep_share:.0%}" for s in starved)
+    named = "; ".join(f"{models[s.index]} (model {s.index + 1} of {len(models)}) {s.free_share:.0%} of "
+                      f"{where} free for a keep share of {s.keep_share:.0%}" for s in starved)
     LOG.warning(
-        "%s: conflict-aware pruning leaves %s, less than %g times its keep share, so its mask "
+        "%s: conflict-aware pruning leaves %s: less than %g times its keep share, so its mask "
         "takes mostly what earlier models passed over (densities %s sum to %g). Lower the "
         "densities, list that model earlier, or use the method without conflict-aware "
         "pruning (e.g. nm_linear for cabs).",

@@ -237,6 +237,6 @@ def test_planning_warns_when_conflict_aware_pruning_starves_a_model(host_family,
     code, error = run_host_yaml_in_process(tmp_path / "c.yml", tmp_path / "out")
     assert code == 0, error[-2000:]
     # 5:16 each: the third model finds 6 of 16 positions free, less than twice its 5.
-    message = f"{models[2]} (model 3 of 3) finds 38% of each block free for its 31%"
+    message = f"{models[2]} (model 3 of 3) 38% of each block free for a keep share of 31%"
     assert (message in caplog.text) is warned
     assert ("list that model earlier, or use the method without conflict-aware pruning" in caplog.text) is warned

@@ -133,9 +133,11 @@ def setup_lines(data: dict) -> list[str]:
              "chat template; a prompt is correct when the right answer's token has the largest logit "
              "among the task's choices. Weights: the shared weight (lambda for MergeKit's normalizing "
              "`ties`) chosen on validation over powers of two; `[weight 1]`: every weight 1; `[search]`: "
-             "`mergekit-cabs search` from weight 1 on calibration prompts of the train split, the loss on every "
-             "token of each chat text; `[search, answer loss]`: the same prompts as prompt-completion lines, "
-             "the loss on the answer and end-of-turn tokens only.", "",
+             "`mergekit-cabs search` with its defaults (100 evaluations, the absolute fitness, a shared stage, CMA-ES "
+             "on log2 of the weights in 1/16-16, the error loss) from weight 1 on prompt-completion lines of the "
+             "train split, the loss on the answer and end-of-turn tokens; `[search, cabs-plus]`: the CABS+ "
+             "paper's search (`--paper`: its fitness, box 0.1-2, linear scale, no shared stage, NLL loss) on the "
+             "same lines; `rescale=l1`: each pruned task vector scaled to its dense task vector's L1 norm.", "",
              wall_line(meta, seeds),
              "", "Descendants' test accuracy (%) on every task (row: the model, column: the task), "
              "general-text perplexity, and the fine-tune (seed 0):", "",
