@@ -76,9 +76,10 @@ PRESETS = {
     # 4 methods, density 0.25, the default search of cabs: a check of every stage.
     "quick": Preset(TaskSizes(train=1000, val=32, test=200), (0,), (0.25,), QUICK_METHODS,
                     (("cabs@0.25", "search"),), 40, 32, 64, weight_one=("cabs@0.25",), proxy=("cabs@0.25",)),
-    # Sized to the 3-hour budget on 2 cores (the seeds can run one after the other: --seeds,
-    # then --resume): the searches (100 evaluations each) and test scoring dominate. Cut to
-    # fit: FULL_METHODS, 32 validation prompts per task, 64 general texts, searches of cabs.
+    # Measured 104 min per seed on 2 cores (2026-12-07), so about 3.5 h for both, past the
+    # 3-hour budget: run the seeds one after the other (--seeds, then --resume). The searches
+    # (100 evaluations each) and test scoring dominate. Cut: FULL_METHODS, 32 validation
+    # prompts per task, 64 general texts, searches of cabs only.
     "full": Preset(TaskSizes(train=1000, val=32, test=500), (0, 1), (0.25, 0.1), FULL_METHODS, FULL_SEARCHES, None,
                    32, 64, extra_runs=INTERMEDIATE + RESCALED,
                    weight_one=("cabs@0.25", "cabs@0.1", "cabs@0.175", "nm_linear@0.175")
