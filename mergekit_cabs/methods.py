@@ -165,7 +165,7 @@ def check_planned(info: MethodInfo, tensor_name: str, models: Sequence[Any],
     leftovers are a random draw, not the weakest entries)."""
     block_size = shared.get("block_size") if info.sparsifier.has_blocks else None
     if info.conflict_aware and not info.sparsifier.kernel.random:
-        warn_if_starved(info.name, tensor_name, models, densities, block_size)
+        warn_if_starved(info.name, models, densities, block_size)
     if not info.sparsifier.has_blocks:
         return
     check_keep_counts(info.name, tensor_name, models, densities, block_size)

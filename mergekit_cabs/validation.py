@@ -315,7 +315,7 @@ def parameter_error(method: str, parameter: str, model: Any, tensor_name: str,
     )
 
 
-def warn_if_starved(method: str, tensor: str, models: Sequence[Any], densities: Sequence[float],
+def warn_if_starved(method: str, models: Sequence[Any], densities: Sequence[float],
                     block_size: Optional[int]) -> None:
     """Conflict-aware pruning that leaves a model fewer free positions than
     ``STARVED_FREE_RATIO`` times its keep count: say so once per merge, naming the model,
